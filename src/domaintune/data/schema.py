@@ -26,8 +26,7 @@ REJECT_REASONS: dict[str, str] = {
     "empty_text": "a text record has no text",
     "too_long": "the record is longer than the token limit",
     "role_injection": "content holds chat control tokens that could fake a role",
-    "duplicate": "an exact duplicate of an earlier record",
-    "near_duplicate": "a near duplicate of an earlier record",
+    "mix_downsampled": "left out of train by down-sampling its source to the mix ratios",
 }
 
 CHAT_ROLES = ("system", "user", "assistant")
