@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from domaintune.errors import UserError
 
@@ -206,6 +206,51 @@ MethodConfig = Annotated[
 METHOD_NAMES = ("lora", "qlora", "prefix", "prompt", "ia3", "adapter", "full", "freeze")
 
 
+class LayerGroupConfig(Section):
+    name: str = Field(description="Group name, shown in logs.")
+    layers: str = Field(description="Layers: '0-3', '4,5,7', 'bottom:2', 'middle', 'top:3' or 'all'.")
+    lr_scale: float = Field(1.0, gt=0, description="Learning-rate multiplier for this group.")
+    max_grad_norm: float | None = Field(None, gt=0, description="Gradient clipping for this group.")
+
+
+class TrainConfig(Section):
+    data_dir: str = Field("prepared", description="Output folder of `prepare` (train.jsonl, val.jsonl).")
+    output_dir: str = Field("runs/run", description="Run folder: adapter or model, checkpoints, metrics, plots.")
+    method: MethodConfig = Field(default_factory=LoraOptions, description="Fine-tuning method and its options.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (overrides epochs).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and norms).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (None: off).")
+    layer_groups: list[LayerGroupConfig] = Field(default_factory=list, description="Per-layer-group LR and clipping.")
+    max_len: int = Field(1024, ge=8, description="Longest example in tokens.")
+    truncation: Literal["drop", "truncate"] = Field("drop", description="Longer examples: drop them or cut them.")
+    packing: bool = Field(True, description="Pack several examples into one row without padding.")
+    batch_tokens: int = Field(2048, ge=8, description="Tokens per packed row (micro-batch).")
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch when packing is off.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    train_on_prompt: bool = Field(False, description="Also train on system/user tokens (default: answers only).")
+    keep_reasoning: bool = Field(True, description="Keep <think> reasoning in R1 training targets.")
+    eval_every: int = Field(50, ge=1, description="Validate every N optimizer steps.")
+    save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints to keep (the best one is always kept).")
+    early_stopping_patience: int | None = Field(3, ge=1, description="Stop after N validations without improvement.")
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune embedding-noise strength (off by default).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
+    seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _default_method(cls, value: Any) -> Any:
+        # `--set train.method.r=8` alone means LoRA options, the default method.
+        if isinstance(value, dict) and "method" not in value:
+            return {"method": "lora", **value}
+        return value
+
+
 class ModelConfig(Section):
     name: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct), a local HF folder, or a .gguf file.")
     template: str = Field("auto", description="Chat template: auto, chatml, deepseek_llm, deepseek_r1, deepseek_v3, tokenizer.")
@@ -217,6 +262,7 @@ class Recipe(Section):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------
