@@ -21,7 +21,7 @@ from domaintune.data.rejects import Ledger
 
 def build_report(cfg: PrepareConfig, ledger: Ledger, stats: TextStats, tokens: list[int], too_long: int,
                  mix: dict[str, Any], written: Counter[str], labels: Counter, seconds: float,
-                 has_tokenizer: bool) -> dict[str, Any]:
+                 has_tokenizer: bool, sampled: bool = False) -> dict[str, Any]:
     """Gather every figure of one prepare run into one JSON-ready dict."""
     rows_in = sum(ledger.rows_in.values())
     return {
@@ -35,7 +35,7 @@ def build_report(cfg: PrepareConfig, ledger: Ledger, stats: TextStats, tokens: l
         "role_injection": {"mode": cfg.role_injection, "rows": stats.injection_rows,
                            "tokens": dict(stats.injection_tokens.most_common())},
         "terms": _terms(stats.terms),
-        "tokens": _token_stats(tokens, too_long, cfg.max_tokens, has_tokenizer),
+        "tokens": _token_stats(tokens, too_long, cfg.max_tokens, has_tokenizer, sampled),
         "mix": {k: v for k, v in mix.items() if k != "copies"},
         "split": {"ratios": dict(zip(("train", "val", "test"), cfg.split.ratios)),
                   "stratify_by": cfg.split.stratify_by or "source", "rows": {k: written.get(k, 0) for k in ("train", "val", "test")}},
@@ -83,13 +83,16 @@ def _terms(seen: Counter[tuple[str, str]]) -> dict[str, dict[str, Any]]:
             for term, forms in sorted(grouped.items())}
 
 
-def _token_stats(tokens: list[int], too_long: int, max_tokens: int, has_tokenizer: bool) -> dict[str, Any]:
+def _token_stats(tokens: list[int], too_long: int, max_tokens: int, has_tokenizer: bool,
+                 sampled: bool) -> dict[str, Any]:
+    """Length percentiles over the counted rows (all of them, or a 1-in-N sample on large inputs)."""
     unit = "model tokens" if has_tokenizer else "words (no tokenizer)"
     if not tokens:
         return {"unit": unit, "count": 0, "over_max_tokens": too_long, "max_tokens": max_tokens}
     arr = np.asarray(tokens)
     p50, p95 = np.percentile(arr, [50, 95])
-    return {"unit": unit, "count": int(arr.size), "p50": float(p50), "p95": float(p95), "max": int(arr.max()),
+    return {"unit": unit, "count": int(arr.size), "sampled": sampled, "p50": float(p50), "p95": float(p95),
+            "max": int(arr.max()),
             "mean": round(float(arr.mean()), 1), "total": int(arr.sum()),
             "over_max_tokens": too_long, "max_tokens": max_tokens}
 
@@ -128,7 +131,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                     [[k, v["total"], ", ".join(f"{f}: {n}" for f, n in v["forms"].items())] for k, v in r["terms"].items()])
     tok = r["tokens"]
     if tok.get("count"):
-        lines += [f"## Length ({tok['unit']})", "", f"p50 {tok['p50']:.0f}, p95 {tok['p95']:.0f}, max {tok['max']}; "
+        sample = f" (from a sample of {tok['count']} rows)" if tok["sampled"] else ""
+        lines += [f"## Length ({tok['unit']}{sample})", "", f"p50 {tok['p50']:.0f}, p95 {tok['p95']:.0f}, max {tok['max']}; "
                   f"{tok['over_max_tokens']} rows over max_tokens={tok['max_tokens']} were rejected.", ""]
     if r["mix"].get("asked"):
         lines += _table("Mix (train)", ["source", "asked", "available", "actual rows"],

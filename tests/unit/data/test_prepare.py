@@ -190,3 +190,25 @@ def test_conservation_on_random_inputs(tmp_path_factory, lines, seed):
     assert report["totals"]["rows_in"] == len(lines)
     assert written_unique + rejected + dups == len(lines)
     assert report["totals"]["balanced"]
+
+
+def test_length_limit_stays_exact_when_lengths_are_sampled(tmp_path, monkeypatch):
+    from domaintune.data import prepare as pipeline
+
+    monkeypatch.setattr(pipeline, "EXACT_ROWS", 5)
+    monkeypatch.setattr(pipeline, "SAMPLE_EVERY", 1000)
+    rows = [chat(i, f"short reply {i}") for i in range(60)]
+    rows[50] = chat(50, " ".join(f"long{i}" for i in range(600)))
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    counted: list[int] = []
+
+    def count(records):                         # a word-count "tokenizer" that records its calls
+        counted.append(len(records))
+        return [len(pipeline.record_text(r).split()) for r in records]
+
+    cfg = load_recipe(None, base={"prepare": {"inputs": [{"path": data}], "output_dir": str(tmp_path / "o"),
+                                              "max_tokens": 500, "dedup": {"near": False}}}).prepare
+    report = pipeline.prepare_data(cfg, api._row_processor(cfg, ()), count)
+    assert report["reject_reasons"] == {"too_long": 1}
+    assert sum(counted) == 5 + 1                # the exact head (rows 0-4) and the one that may be too long
+    assert report["tokens"]["sampled"] is True
