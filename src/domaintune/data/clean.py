@@ -35,7 +35,8 @@ _ASTRAL = (0x10000, 0x10FFFF)
 
 
 def _char_class(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
-    return "[" + "".join(f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges) + "]"
+    items = (f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
+    return "[" + "".join(items) + "]"
 
 
 _PROTECTED_SPLIT = re.compile(f"({_char_class(_PROTECTED_RANGES)}+)")

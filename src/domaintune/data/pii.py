@@ -37,10 +37,10 @@ _EMAIL = re.compile(
 # Written this way the combined pattern starts with a plain character class, the one shape for
 # which `re` scans ahead in C instead of trying every position (a leading lookbehind costs ~3x).
 _FIRST = r"[0-9+(](?<![0-9][0-9])"
-# In the combined pattern, a digit must be followed by more digits or a dot (or 6 1 / -2 for the
-# 86 and 1- prefixes) before any kind is tried: most numbers in prose (54-year-old, 2.3 mg) stop
-# here after one cheap lookahead.
-_GATE = r"(?:(?<=[+(])|(?=[0-9]{2}|[0-9]{0,2}\.[0-9]|6[ -]1|-[2-9]))"
+# In the combined pattern, a digit must be followed by 6 more digits (single spaces or dashes
+# between them allowed) or by two dotted octets before any kind is tried: every kind starting
+# with a digit needs that, and most numbers in prose (54-year-old, 150/90, 2.3 mg) stop here.
+_GATE = r"(?:(?<=[+(])|(?=(?:[ -]?[0-9]){6}|[0-9]{0,2}\.[0-9]{1,3}\.))"
 _REST = {
     # 6-digit area code, YYYYMMDD birth date, 3-digit sequence, check digit or X.
     "cn_id": r"(?<=[1-8])[0-9]{5}(?:18|19|20)[0-9]{2}[01][0-9][0-3][0-9][0-9]{3}[0-9Xx](?![0-9])",
@@ -195,6 +195,7 @@ def _valid_phone(s: str) -> bool:
 
 
 def _valid_ipv4(s: str) -> bool:
+    # An octet with a leading zero (01) reads as part of a date or version, not an address.
     return all(int(octet) <= 255 and (octet == "0" or octet[0] != "0") for octet in s.split("."))
 
 

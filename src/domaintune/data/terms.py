@@ -12,8 +12,8 @@ word ("heart" for "heart attack") or else their first character ("心" for "心�
 pass lists the text's words and anchor characters; a set intersection says which anchors occur
 (usually none: the text is returned at once), and only those anchors' regexes run, each a trie
 that starts with a literal `re` can search for quickly. (One alternation over all terms would be
-simpler, but `re` tries its alternatives one by one at every position: ~700 µs per text for a
-thousand terms.)
+simpler, but `re` tries its alternatives one by one at every position: hundreds of µs per text
+for a thousand terms.)
 
     >>> terms = TermDict.from_mapping({"myocardial infarction": ["heart attack", "MI"]})
     >>> terms.normalize("Heart attack (MI), not MINE.")[0]
@@ -173,9 +173,9 @@ class TermDict:
             groups.setdefault(word.group() if word else key[0], []).append(key)
         self._patterns = {anchor: re.compile(_trie_pattern(keys)) for anchor, keys in groups.items()}
         self._words = frozenset(a for a in groups if a[0] in _WORD)
-        # Listing the text's words costs ~3-5 µs; with few anchor words one regex search over
-        # them answers "none here" faster (~1 µs). Its cost grows with the number of anchors,
-        # so large dictionaries skip it.
+        # Listing the text's words costs ~3-5 µs; with few anchor words one regex over them
+        # finds the ones present faster (~1 µs). Its cost grows with the number of anchors (`re`
+        # tries alternatives one by one), so large dictionaries list the words instead.
         few = 0 < len(self._words) <= _FEW_WORDS
         self._word_filter = re.compile(_trie_pattern(self._words)) if few else None
         self._chars = frozenset(a for a in groups if a[0] not in _WORD)
@@ -185,7 +185,11 @@ class TermDict:
 
     def _anchors_in(self, lowered: str) -> set[str]:
         found: set[str] = set()
-        if self._words and (self._word_filter is None or self._word_filter.search(lowered)):
+        if self._word_filter is not None:
+            # Matches may start inside a word (a superset), but each ends at a word's end, so
+            # none hides an anchor that starts a word.
+            found.update(m.group() for m in self._word_filter.finditer(lowered))
+        elif self._words:
             found.update(self._words.intersection(_WORDS.findall(lowered)))
         if self._char_finder is not None and (self._ascii_chars or not lowered.isascii()):
             found.update(self._chars.intersection(self._char_finder.findall(lowered)))

@@ -186,12 +186,19 @@ def _reference(terms: dict, text: str) -> str:
 
 _PIECES = st.one_of(
     st.sampled_from([f for c, vs in MED.items() for f in [c, *vs]]),
-    st.sampled_from(["Heart Attack", "mi", "Mi", "x", "_", "9", " ", "，", "急性", "心", "梗", "-", "ST"]),
+    st.sampled_from(["Heart Attack", "mi", "Mi", "x", "_", "9", " ", "，", "急性", "心", "梗", "-", "ST",
+                     "f1", "F12"]),
     st.text(alphabet="abmiMI 心梗急性 ", max_size=5),
 )
+
+
+# Past 24 anchor words the dictionary finds candidates by listing the text's words instead.
+BIG = {**MED, **{f"filler{i} term": [f"f{i}"] for i in range(30)}}
+BIG_TERMS = TermDict.from_mapping(BIG)
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_PIECES, max_size=10).map("".join))
 def test_matches_reference_implementation(text: str) -> None:
     assert norm(text) == _reference(MED, text)
+    assert BIG_TERMS.normalize(text)[0] == _reference(BIG, text)
