@@ -1,0 +1,170 @@
+"""The training loss and the token counts: the one place either is computed.
+
+`causal_lm_loss` is next-token cross-entropy over supervised tokens only, with the vocabulary
+projection run ONLY at supervised positions. It asks the model itself to do that, through the
+`logits_to_keep` argument every transformers 5.x causal LM takes: a boolean `[B, T]` mask
+makes the model run its decoder, keep the hidden states at the True positions (flattened to
+`[N, hidden]`) and apply `lm_head` to those rows alone. On a 49k vocabulary that skips most of
+the head's matmul and its `[B, T, V]` logits, in memory and in backward. Going through the
+model's own forward, rather than calling `get_decoder()` and `lm_head` by hand, keeps what a
+model does after its head (Gemma's logit soft-capping, Cohere's logit scale, Granite's scaling)
+and keeps every peft wrapper in force: LoRA/IA3/adapters applied in the body (or on `lm_head`),
+and prompt/prefix tuning's virtual tokens, which only exist inside `PeftModel.forward`.
+
+The forward always runs with `use_cache=False`: with the config default a DynamicCache is
+created and transformers stops looking for packed sequences (see `train/collate.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from domaintune.train.collate import IGNORE_INDEX
+
+# peft prompt-learning types whose virtual tokens are prepended to the input embeddings (the
+# logits then have extra leading rows); prefix tuning puts them in the KV cache instead.
+_PREPENDED = ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT")
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position is trained to predict: `labels` shifted left, `IGNORE_INDEX` last.
+
+    Args:
+        labels: `[B, T]` labels, `IGNORE_INDEX` where not trained.
+
+    Returns:
+        `[B, T]` targets; position t predicts `labels[:, t + 1]`.
+    """
+    return _shift_left(labels, IGNORE_INDEX)
+
+
+def token_counts(batch: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """Count a batch's real tokens and the tokens the loss is taken on.
+
+    Args:
+        batch: a collated batch (`collate_packed` or `collate_padded`).
+
+    Returns:
+        `(total_tokens, supervised_tokens)`: tokens that are not padding, and targets that are
+        not `IGNORE_INDEX` (exactly the terms `causal_lm_loss` averages over).
+    """
+    mask = batch.get("attention_mask")
+    total = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    supervised = int((next_token_targets(batch["labels"]) != IGNORE_INDEX).sum())
+    return total, supervised
+
+
+def packing_supported(model: Any) -> bool:
+    """Whether `model` keeps packed conversations apart (False for peft prompt learning).
+
+    Prompt/prefix tuning's virtual tokens shift positions (peft drops `position_ids`) or add a
+    KV cache, and either way transformers no longer sees where one conversation ends: use
+    `collate_padded` for those methods.
+    """
+    config = _peft_config(model)
+    return not (config is not None and getattr(config, "is_prompt_learning", False))
+
+
+def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor],
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy over supervised tokens, logits computed only where needed.
+
+    Equals `model(**batch, labels=batch["labels"]).loss` (transformers' mean over targets that
+    are not -100). With `weights`, it is the weighted mean `sum(w_t * ce_t) / sum(w_t)` over the
+    supervised targets, `w_t` being the weight of the token being predicted (`weights` is
+    aligned with `labels`; its values on unsupervised tokens are ignored). Term-aware training
+    gives domain-term tokens a weight above 1; all-ones equals the unweighted loss.
+
+    Works for a plain model and for a peft `PeftModel` around it. Prompt and prefix tuning also
+    take the selected-position path (the call goes through `PeftModel.forward`, so virtual
+    tokens apply), but only with padded batches: see `packing_supported`. For MoE models that
+    return a router `aux_loss`, it is added with the config's coefficient, as transformers does.
+
+    For gradient accumulation over micro-batches with different token counts, scale each
+    micro-batch's loss by `count / total_count` so the step equals one big batch.
+
+    Args:
+        model: a causal LM, or a peft model wrapping one.
+        batch: from `collate_packed` (input_ids, labels, position_ids) or `collate_padded`
+            (input_ids, labels, attention_mask).
+        weights: optional `[B, T]` per-token weights, aligned with `labels`.
+
+    Returns:
+        `(loss, count)`: the mean (or weighted mean) loss, a scalar with a graph, and the number
+        of supervised targets. A batch with none gives a zero loss that still backpropagates.
+
+    Raises:
+        ValueError: a packed batch for a model that cannot keep it apart, or a packed batch
+            that also carries an attention mask.
+
+    Example:
+        >>> batch = collate_packed([encode_record(r, tok, tpl, 512).example for r in rows])  # doctest: +SKIP
+        >>> loss, n = causal_lm_loss(model, batch)                                              # doctest: +SKIP
+        >>> loss.backward()                                                                     # doctest: +SKIP
+    """
+    targets = next_token_targets(batch["labels"])
+    keep = targets != IGNORE_INDEX
+    out = model(**_model_inputs(model, batch), use_cache=False, logits_to_keep=_with_virtual(model, keep))
+    logits = _selected_logits(out.logits, keep)
+    ce = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    count = int(ce.numel())
+    if count == 0:
+        loss = logits.sum() * 0.0
+    elif weights is None:
+        loss = ce.mean()
+    else:
+        w = _shift_left(weights, 0)[keep].to(ce.dtype)
+        loss = (ce * w).sum() / w.sum().clamp_min(torch.finfo(ce.dtype).tiny)
+    return _add_router_loss(model, out, loss), count
+
+
+def _shift_left(values: torch.Tensor, fill: float) -> torch.Tensor:
+    return torch.cat([values[:, 1:], torch.full_like(values[:, :1], fill)], dim=1)
+
+
+def _model_inputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if "position_ids" in inputs and _is_packed(inputs["position_ids"]):
+        if "attention_mask" in inputs:
+            raise ValueError("a packed batch must not carry an attention_mask: transformers would then "
+                             "let its conversations attend to each other")
+        if not packing_supported(model):
+            raise ValueError("prompt/prefix tuning cannot keep packed conversations apart; collate "
+                             "with collate_padded for these methods")
+    return inputs
+
+
+def _is_packed(position_ids: torch.Tensor) -> bool:
+    return bool((position_ids[:, 1:] <= position_ids[:, :-1]).any())
+
+
+def _peft_config(model: Any) -> Any:
+    # A PeftModel exposes its active config; a plain transformers model has none.
+    return getattr(model, "active_peft_config", None) if hasattr(model, "peft_config") else None
+
+
+def _with_virtual(model: Any, keep: torch.Tensor) -> torch.Tensor:
+    config = _peft_config(model)
+    if config is None or str(getattr(config.peft_type, "value", config.peft_type)) not in _PREPENDED:
+        return keep
+    virtual = keep.new_zeros((keep.shape[0], config.num_virtual_tokens))
+    return torch.cat([virtual, keep], dim=1)
+
+
+def _selected_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    if logits.ndim == 2:
+        return logits
+    # A model that ignored `logits_to_keep` returned every position: select here instead.
+    return logits[:, -keep.shape[1]:][keep]
+
+
+def _add_router_loss(model: Any, out: Any, loss: torch.Tensor) -> torch.Tensor:
+    aux = getattr(out, "aux_loss", None)
+    coef = getattr(getattr(model, "config", None), "router_aux_loss_coef", None)
+    if aux is None or not coef:
+        return loss
+    return loss + coef * aux.to(loss.device)
