@@ -367,7 +367,7 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != entry.get("bytes"):
             return f"{name} has {file.stat().st_size} bytes, manifest says {entry.get('bytes')} (truncated?)"
-        if False:
+        if _sha256(file) != entry.get("sha256"):
             return f"{name} does not match its sha256 in manifest.json"
     return None
 
