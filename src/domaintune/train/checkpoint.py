@@ -169,7 +169,9 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     if step != state.step:
         raise ValueError(f"step {step} does not match state.step {state.step}")
     root = Path(run_dir) / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True)
+        _fsync_dir(root.parent)  # so the first checkpoint cannot lose its parent folder in a crash
     _remove_stale_tmp(root)
     opt_tensors: dict[str, torch.Tensor] = {}
     opt_json = {"state_dict": _encode(optimizer.state_dict(), "", opt_tensors),
@@ -209,19 +211,19 @@ def _write_all(tmp: Path, trainable, opt_tensors, opt_json, scheduler, state, re
     sched_json = _encode(scheduler.state_dict(), "", extra) if scheduler is not None else None
     if extra:
         raise TypeError(f"scheduler state holds non-scalar tensors {sorted(extra)}; not supported")
-    hashes: dict[str, dict[str, Any]] = {}
-    _write_tensors(tmp / "model.safetensors", trainable, hashes)
-    _write_tensors(tmp / "optimizer.safetensors", opt_tensors, hashes)
-    _write_bytes(tmp / "optimizer.json", _json_bytes(opt_json), hashes)
-    _write_bytes(tmp / "scheduler.json", _json_bytes(sched_json), hashes)
-    _write_bytes(tmp / "state.json", _json_bytes(asdict(state)), hashes)
-    _write_bytes(tmp / "rng.json", json.dumps(rng).encode("utf-8"), hashes)  # 5 KB of ints: no indent
-    _write_bytes(tmp / "recipe.resolved.yaml", recipe_yaml.encode("utf-8"), hashes)
+    files = {"model.safetensors": trainable, "optimizer.safetensors": opt_tensors,
+             "optimizer.json": _json_bytes(opt_json), "scheduler.json": _json_bytes(sched_json),
+             "state.json": _json_bytes(asdict(state)),
+             "rng.json": json.dumps(rng).encode("utf-8"),  # 5 KB of ints: no indent
+             "recipe.resolved.yaml": recipe_yaml.encode("utf-8")}
     if accum_grads is not None:
-        _write_tensors(tmp / "accum_grads.safetensors", accum_grads, hashes)
+        files["accum_grads.safetensors"] = accum_grads
+    hashes: dict[str, dict[str, Any]] = {}
+    for name, payload in files.items():
+        _write(tmp / name, payload, hashes)
     _fsync_dir(tmp)
     manifest = {"format": 1, "step": state.step, "micro_step": state.micro_step, "files": hashes}
-    _write_bytes(tmp / MANIFEST, _json_bytes(manifest), {})
+    _write(tmp / MANIFEST, _json_bytes(manifest), {})  # last: its presence marks the folder complete
     _fsync_dir(tmp)
 
 
@@ -230,22 +232,14 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=1).encode("utf-8")
 
 
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], hashes: dict) -> None:
-    save_file(_savable(tensors), str(path), metadata={"format": "pt"})
+def _write(path: Path, payload: bytes | dict[str, torch.Tensor], hashes: dict) -> None:
+    """Write bytes or tensors (as safetensors) to ``path``, fsync it, record its size and sha256."""
+    if isinstance(payload, dict):
+        save_file(_savable(payload), str(path), metadata={"format": "pt"})
+    else:
+        path.write_bytes(payload)
     with open(path, "rb") as f:
         os.fsync(f.fileno())  # fsync flushes the file, whichever descriptor asks
-    _record(path, hashes)
-
-
-def _write_bytes(path: Path, data: bytes, hashes: dict) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    _record(path, hashes)
-
-
-def _record(path: Path, hashes: dict) -> None:
     hashes[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
     if _after_write_hook is not None:
         _after_write_hook(path)
@@ -288,11 +282,11 @@ def _remove_stale_tmp(root: Path) -> None:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence check only
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by someone else
+        pass
     return True
 
 
@@ -435,12 +429,11 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, param_names: l
 
 def _load_scheduler(path: Path, scheduler: Any) -> None:
     saved = _read_json(path / "scheduler.json")
-    if scheduler is None or saved is None:
-        if (scheduler is None) != (saved is None):
-            raise UserError("the checkpoint and this run disagree on whether there is an LR scheduler",
-                            file=str(path / "scheduler.json"), hint="resume with the same recipe")
-        return
-    scheduler.load_state_dict(_decode(saved, {}))
+    if (scheduler is None) != (saved is None):
+        raise UserError("the checkpoint and this run disagree on whether there is an LR scheduler",
+                        file=str(path / "scheduler.json"), hint="resume with the same recipe")
+    if scheduler is not None:
+        scheduler.load_state_dict(_decode(saved, {}))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -502,14 +495,10 @@ def check_free_disk(path: Path, needed_bytes: int) -> None:
     free = shutil.disk_usage(where).free
     want = needed_bytes + max(_DISK_MARGIN_BYTES, needed_bytes // 20)
     if free < want:
-        raise UserError(f"not enough free disk space: {_human(free)} free, a checkpoint needs {_human(want)}",
-                        file=str(where), hint=f"free at least {_human(want - free)} there, or keep fewer "
+        raise UserError(f"not enough free disk space: {_gib(free)} free, {_gib(want)} needed (with margin)",
+                        file=str(where), hint=f"free at least {_gib(want - free)} there, or keep fewer "
                                               "checkpoints (keep_last)")
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} PiB"
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"

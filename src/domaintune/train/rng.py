@@ -41,7 +41,7 @@ def capture_rng() -> dict[str, Any]:
         A dict with keys ``format``, ``python`` (``random.getstate()`` with tuples as lists),
         ``numpy`` (the legacy ``np.random.get_state()`` tuple as a list, keys as ints), ``torch_cpu``
         (base64 of the generator's bytes) and ``cuda`` (a list of base64 strings, one per device;
-        empty without CUDA).
+        empty when CUDA is absent or not yet initialised by this process).
 
     Example:
         >>> state = capture_rng(); a = random.random(); restore_rng(state); a == random.random()
@@ -50,7 +50,8 @@ def capture_rng() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     cuda: list[str] = []
-    if torch.cuda.is_available():
+    # A CPU run on a GPU machine never touched CUDA; reading its RNG would create a context per GPU.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda = [_bytes_tensor_to_b64(s) for s in torch.cuda.get_rng_state_all()]
     return {
         "format": RNG_FORMAT,

@@ -60,7 +60,7 @@ def test_state_is_plain_json():
     state = capture_rng()
     assert set(state) == {"format", "python", "numpy", "torch_cpu", "cuda"}
     assert isinstance(state["torch_cpu"], str) and all(isinstance(k, int) for k in state["numpy"][1])
-    assert state["cuda"] == ([] if not torch.cuda.is_available() else state["cuda"])
+    assert (state["cuda"] == []) == (not torch.cuda.is_initialized())  # no CUDA context made just to read it
     assert json.loads(json.dumps(state)) == state
 
 
@@ -82,7 +82,9 @@ def test_cuda_states_without_cuda_warn_and_restore_the_rest(caplog):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_round_trip():
+    torch.cuda.init()  # a GPU run has initialised CUDA before it checkpoints
     state = json.loads(json.dumps(capture_rng()))
+    assert len(state["cuda"]) == torch.cuda.device_count()
     first = torch.rand(4, device="cuda").tolist()
     restore_rng(state)
     assert torch.rand(4, device="cuda").tolist() == first
