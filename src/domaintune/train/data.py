@@ -1,0 +1,229 @@
+"""Training data for the loop: prepared JSONL splits become examples, then a fixed batch order per epoch.
+
+    records = load_split("prepared/train.jsonl")            # a list of dicts; keeps path and sha256
+    examples, dropped = encode_split(records, tokenizer, template, max_len=1024)
+    require_trainable(examples, dropped, records.path, max_len=1024, truncation="drop", train_on_prompt=False)
+    rows = epoch_batches(examples, epoch=0, seed=0, packing=True, batch_tokens=2048, batch_size=4)
+
+The order of an epoch depends only on (seed, epoch), so a resumed run finds its place from
+(epoch, batch index, micro step) alone, without saving any sampler state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from domaintune.errors import UserError
+from domaintune.models.templates import ChatTemplate
+from domaintune.train.collate import (SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, collate_packed, collate_padded,
+                                      encode_record, length_grouped_order, pack_examples)
+
+# Mixes seed and epoch into one shuffle seed (a large odd constant keeps (s, e) pairs apart).
+_EPOCH_STRIDE = 1_000_003
+
+
+class Split(list):
+    """The records of one prepared file, plus where they came from (for lineage).
+
+    Attributes:
+        path: the file read.
+        sha256: hex digest of its bytes, computed while reading.
+    """
+
+    def __init__(self, records: Iterable[dict[str, Any]], path: Path, sha256: str) -> None:
+        super().__init__(records)
+        self.path = path
+        self.sha256 = sha256
+
+
+def load_split(path: str | Path) -> Split:
+    """Read a prepared JSONL split (`{"messages": ...}` or `{"text": ...}` per line).
+
+    Args:
+        path: e.g. `prepared/train.jsonl`.
+
+    Returns:
+        The records, as a list that also carries `.path` and `.sha256` of the file.
+
+    Raises:
+        UserError: the file is missing, or a line is not a JSON object (with its line number).
+
+    Example:
+        >>> load_split("prepared/val.jsonl").sha256[:8]   # doctest: +SKIP
+        '3f2a9c10'
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise UserError("prepared data file not found", file=str(file),
+                        hint="run `domaintune prepare` first, or set train.data_dir to its output folder")
+    raw = file.read_bytes()
+    records = []
+    for number, line in enumerate(raw.decode("utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"not a JSON line ({err.msg})", file=str(file), line=number,
+                            hint="train on the output of `domaintune prepare`") from None
+        if not isinstance(record, dict):
+            raise UserError("a line is not a JSON object", file=str(file), line=number,
+                            hint="train on the output of `domaintune prepare`")
+        records.append(record)
+    return Split(records, file, hashlib.sha256(raw).hexdigest())
+
+
+def encode_split(records: Sequence[dict[str, Any]], tokenizer: Any, template: ChatTemplate, max_len: int,
+                 truncation: str = "drop", train_on_prompt: bool = False,
+                 keep_reasoning: bool = True) -> tuple[list[Example], Counter[str]]:
+    """Encode every record once with `collate.encode_record`, counting the ones skipped.
+
+    Args:
+        records: canonical prepared records.
+        tokenizer: the model's (fast) tokenizer.
+        template: the model's chat template.
+        max_len, truncation, train_on_prompt, keep_reasoning: as in `encode_record`.
+
+    Returns:
+        `(examples, dropped)`: the kept examples in record order, and {reason: count} of skipped records.
+    """
+    examples: list[Example] = []
+    dropped: Counter[str] = Counter()
+    for record in records:
+        encoded = encode_record(record, tokenizer, template, max_len, truncation, train_on_prompt, keep_reasoning)
+        if encoded.example is None:
+            dropped[encoded.reason] += 1
+        else:
+            examples.append(encoded.example)
+    return examples, dropped
+
+
+def require_trainable(examples: Sequence[Example], dropped: Counter[str], source: str | Path | None, *,
+                      max_len: int, truncation: str, train_on_prompt: bool) -> None:
+    """Refuse to train when not a single token would be trained, saying why.
+
+    Args:
+        examples: the encoded training examples.
+        dropped: skip reasons from `encode_split`.
+        source: the data file, named in the message.
+        max_len, truncation, train_on_prompt: the settings used to encode (named in the fix).
+
+    Raises:
+        UserError: no example is left (every row too long, or no answer tokens to learn).
+    """
+    if examples:
+        return  # encode_record keeps only examples with at least one supervised token
+    where = str(source) if source is not None else None
+    total = sum(dropped.values())
+    if total == 0:
+        raise UserError("the training split is empty", file=where, hint="check the prepare report")
+    if dropped[SKIP_TOO_LONG] == total and truncation == "drop":
+        raise UserError(f"all {total} training rows are longer than max_len={max_len} tokens and "
+                        "truncation=drop removes them", file=where,
+                        hint="raise train.max_len, or set train.truncation: truncate")
+    if dropped[SKIP_NO_TRAINED_TOKENS] and not train_on_prompt:
+        cut = " or raise train.max_len (truncation may cut answers away)" if truncation == "truncate" else ""
+        raise UserError(f"no training row has an assistant answer to learn ({_reasons(dropped)})", file=where,
+                        hint=f"add assistant turns to the data, set train.train_on_prompt: true{cut}")
+    raise UserError(f"no token would be trained ({_reasons(dropped)})", file=where,
+                    hint="raise train.max_len, or check the data with `domaintune inspect`")
+
+
+def _reasons(dropped: Counter[str]) -> str:
+    return ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped.most_common())
+
+
+def epoch_batches(examples: Sequence[Example], epoch: int, seed: int, packing: bool, batch_tokens: int,
+                  batch_size: int) -> list[list[int]]:
+    """The micro-batches of one epoch, as lists of example indices, in training order.
+
+    Packing: shuffle, pack into rows of at most `batch_tokens` tokens (best-fit decreasing), then
+    shuffle the rows, so an epoch does not run longest-first. An example longer than
+    `batch_tokens` gets a row of its own. Without packing: HF-style length grouping (shuffle, sort
+    inside megabatches), cut into batches of `batch_size`.
+
+    Args:
+        examples: the encoded examples (only their lengths are used).
+        epoch: the epoch number; with `seed` it alone fixes the order.
+        seed: the run's seed.
+        packing: pack rows (padding-free) or build padded batches.
+        batch_tokens: tokens per packed row.
+        batch_size: examples per padded batch.
+
+    Returns:
+        Micro-batches; every example index appears exactly once per epoch.
+
+    Example:
+        >>> epoch_batches(examples, 0, 0, True, 2048, 4) == epoch_batches(examples, 0, 0, True, 2048, 4)  # doctest: +SKIP
+        True
+    """
+    mixed = seed * _EPOCH_STRIDE + epoch
+    if not packing:
+        order = length_grouped_order([len(ex) for ex in examples], batch_size, mixed)
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(mixed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    fits = [i for i in order if len(examples[i]) <= batch_tokens]
+    rows = [[fits[j] for j in row] for row in pack_examples([examples[i] for i in fits], batch_tokens)]
+    rows += [[i] for i in order if len(examples[i]) > batch_tokens]
+    rng.shuffle(rows)
+    return rows
+
+
+def collate_rows(examples: Sequence[Example], rows: Iterable[list[int]], packing: bool,
+                 pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """Collate micro-batches of example indices: packed rows, or right-padded batches."""
+    chosen = ([examples[i] for i in row] for row in rows)
+    return [collate_packed(group) if packing else collate_padded(group, pad_id) for group in chosen]
+
+
+class BatchStream:
+    """The training examples as an endless run of micro-batches, epoch after epoch.
+
+    A position is (epoch, batch index); `take` returns the next micro-batches and the position
+    after them, so a step may run across an epoch boundary and a resume needs only the position.
+
+    Args:
+        examples: the encoded training examples.
+        seed, packing, batch_tokens, batch_size: as in `epoch_batches`.
+        pad_id: the padding id for padded batches.
+    """
+
+    def __init__(self, examples: Sequence[Example], seed: int, packing: bool, batch_tokens: int, batch_size: int,
+                 pad_id: int) -> None:
+        self.examples, self.seed, self.packing = examples, seed, packing
+        self.batch_tokens, self.batch_size, self.pad_id = batch_tokens, batch_size, pad_id
+        self._cache: dict[int, list[list[int]]] = {}
+        self.per_epoch = len(self.rows(0))
+
+    def rows(self, epoch: int) -> list[list[int]]:
+        """The micro-batches of one epoch (only the latest epoch asked for is cached)."""
+        if epoch not in self._cache:
+            self._cache = {epoch: epoch_batches(self.examples, epoch, self.seed, self.packing, self.batch_tokens,
+                                                self.batch_size)}
+        return self._cache[epoch]
+
+    def take(self, epoch: int, index: int, n: int) -> tuple[list[dict[str, torch.Tensor]], tuple[int, int], int]:
+        """The next `n` collated micro-batches from (epoch, index), the position after, and their example count."""
+        rows: list[list[int]] = []
+        while len(rows) < n:
+            if index >= len(self.rows(epoch)):
+                epoch, index = epoch + 1, 0
+                continue
+            rows.append(self.rows(epoch)[index])
+            index += 1
+        return (collate_rows(self.examples, rows, self.packing, self.pad_id), (epoch, index),
+                sum(len(r) for r in rows))
+
+    def epochs(self, position: tuple[int, int]) -> float:
+        """A position as fractional epochs."""
+        return position[0] + position[1] / self.per_epoch
