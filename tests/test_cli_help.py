@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["prepare", "inspect", "agree", "validate", "recipe", "demo"]
+COMMANDS = ["prepare", "train", "inspect", "agree", "validate", "recipe", "demo"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

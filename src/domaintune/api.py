@@ -129,6 +129,36 @@ def inspect(recipe: Recipe, path: str, show: int = 3):
                            train_on_prompt=recipe.train.train_on_prompt)
 
 
+def train(recipe: Recipe, resume: bool = False, force: bool = False, progress: bool = True):
+    """Fine-tune the recipe's model on prepared data with the recipe's method.
+
+    Returns:
+        A `TrainResult` (run folder, steps, best and base validation loss, summary).
+
+    Example:
+        >>> result = train(load_recipe("recipes/cpu_demo.yaml"))  # doctest: +SKIP
+        >>> result.best_val_loss < result.base_val_loss            # doctest: +SKIP
+        True
+    """
+    import yaml
+
+    from domaintune.methods import get_method
+    from domaintune.models.load import load_model, load_tokenizer, resolve_model
+    from domaintune.models.templates import get_template
+    from domaintune.train.data import load_split
+    from domaintune.train.loop import run_training
+
+    cfg, model_cfg = recipe.train, recipe.model
+    data = Path(cfg.data_dir)
+    tokenizer = load_tokenizer(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    model = load_model(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    return run_training(
+        model, tokenizer, get_template(model_cfg.template, tokenizer), get_method(cfg.method.method), cfg.method,
+        load_split(data / "train.jsonl"), load_split(data / "val.jsonl"), cfg, Path(cfg.output_dir),
+        recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
+        resume=resume, force=force, model_path=resolve_model(model_cfg.name), progress=progress)
+
+
 def agree(path: str, threshold: float = 0.6):
     """Inter-annotator agreement (Cohen's kappa for two raters, Fleiss' for more) with pass/fail.
 

@@ -11,8 +11,8 @@ import sys
 from typing import Any, Callable
 
 from domaintune import __version__
-from domaintune.config import (DedupConfig, InputSpec, MixConfig, ModelConfig, PrepareConfig, SplitConfig,
-                               field_help, load_recipe)
+from domaintune.config import (METHOD_NAMES, DedupConfig, InputSpec, MixConfig, ModelConfig, PrepareConfig,
+                               SplitConfig, TrainConfig, field_help, load_recipe)
 from domaintune.errors import EXIT_USER_ERROR, UserError
 
 PREPARE_EXAMPLES = """examples:
@@ -184,6 +184,38 @@ def _print_prepare_summary(report: dict[str, Any]) -> None:
 # --- inspect ------------------------------------------------------------------------------
 
 
+def _build_train(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("examples:\n  domaintune train --config cpu_demo.yaml\n"
+                "  domaintune train --data prepared/ --method lora -o runs/lora --set train.max_steps=100\n"
+                "  domaintune train --config cpu_demo.yaml --resume")
+    _recipe_args(p)
+    p.add_argument("--model", help=field_help(ModelConfig, "name"))
+    p.add_argument("--data", help=field_help(TrainConfig, "data_dir"))
+    p.add_argument("--method", choices=METHOD_NAMES, help="fine-tuning method (options via --set train.method.KEY=V)")
+    p.add_argument("-o", "--output-dir", help=field_help(TrainConfig, "output_dir"))
+    p.add_argument("--max-steps", type=int, help=field_help(TrainConfig, "max_steps"))
+    p.add_argument("--epochs", type=float, help=field_help(TrainConfig, "epochs"))
+    p.add_argument("--lr", type=float, help=field_help(TrainConfig, "learning_rate"))
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--force", action="store_true", help="resume even though the recipe changed")
+
+
+def _run_train(a: argparse.Namespace) -> int:
+    from domaintune import api
+
+    flags: dict[str, Any] = {}
+    for key, value in (("data_dir", a.data), ("output_dir", a.output_dir), ("max_steps", a.max_steps),
+                       ("epochs", a.epochs), ("learning_rate", a.lr)):
+        _put(flags, key, value)
+    if a.method:
+        flags["method"] = {"method": a.method}
+    base = {"train": flags, **({"model": {"name": a.model}} if a.model else {})}
+    result = api.train(load_recipe(a.config, a.set, base=base), resume=a.resume, force=a.force)
+    print(f"run: {result.run_dir}  steps {result.steps}  val loss {result.base_val_loss:.4f} (base) -> "
+          f"{result.best_val_loss:.4f} (best, step {result.best_step})")
+    return 0
+
+
 def _build_inspect(p: argparse.ArgumentParser) -> None:
     p.epilog = "examples:\n  domaintune inspect prepared/train.jsonl\n  domaintune inspect data.jsonl --template deepseek_r1 -n 5"
     p.add_argument("data", metavar="DATA.jsonl", help="a prepared split")
@@ -276,6 +308,8 @@ def _run_demo(a: argparse.Namespace) -> int:
 
 _COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("prepare", "Clean, deduplicate, mask, mix and split raw data into training data.", _build_prepare, _run_prepare),
+    ("train", "Fine-tune a model on prepared data (LoRA, QLoRA, prefix, prompt, IA3, adapter, full, freeze).",
+     _build_train, _run_train),
     ("inspect", "Show what training sees: rendered examples with trained tokens highlighted.", _build_inspect,
      _run_inspect),
     ("agree", "Annotation agreement: Cohen's / Fleiss' kappa with a pass/fail threshold.", _build_agree, _run_agree),
