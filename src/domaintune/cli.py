@@ -211,8 +211,11 @@ def _run_train(a: argparse.Namespace) -> int:
         flags["method"] = {"method": a.method}
     base = {"train": flags, **({"model": {"name": a.model}} if a.model else {})}
     result = api.train(load_recipe(a.config, a.set, base=base), resume=a.resume, force=a.force)
-    print(f"run: {result.run_dir}  steps {result.steps}  val loss {result.base_val_loss:.4f} (base) -> "
-          f"{result.best_val_loss:.4f} (best, step {result.best_step})")
+    if result.best_val_loss is None or result.base_val_loss is None:   # no validation split
+        print(f"run: {result.run_dir}  steps {result.steps}  (no validation loss)")
+    else:
+        print(f"run: {result.run_dir}  steps {result.steps}  val loss {result.base_val_loss:.4f} (base) -> "
+              f"{result.best_val_loss:.4f} (best, step {result.best_step})")
     return 0
 
 
