@@ -1,0 +1,112 @@
+"""Find and load what `domaintune train` produced: one loader for eval, export and serve.
+
+A user may point at a run folder (`runs/demo`), at its `adapter/` or `model/` folder, or at a
+folder copied elsewhere. `find_artifact` works out which, reads `method.json` (the method that
+saved it) and, for a run folder, `recipe.resolved.yaml` (the base model and chat template it was
+trained with), so `load_artifact` rebuilds exactly the model that was trained:
+
+    art = find_artifact("runs/demo")            # Artifact(kind='adapter', method='lora', base='embedded', ...)
+    model = load_artifact(art)                   # base + adapter, eval mode
+    model = load_artifact(art, base="models/x")  # another copy of the same base
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from domaintune.errors import UserError
+from domaintune.methods.base import check_base, get_method, read_method_file
+
+RECIPE_FILE = "recipe.resolved.yaml"  # written by train/loop.py next to adapter/ or model/
+KINDS = ("adapter", "model")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A trained folder and what it needs to load.
+
+    Attributes:
+        folder: the folder holding `method.json` (an `adapter/` or `model/` folder).
+        kind: "adapter" (needs the base) or "model" (complete weights).
+        method: the method that saved it, e.g. "lora".
+        base: the base model spec from the run's recipe (None when the folder stands alone).
+        template: the chat template name from the run's recipe (None when unknown).
+        run_dir: the run folder, when the artifact sits in one.
+    """
+
+    folder: Path
+    kind: str
+    method: str
+    base: str | None = None
+    template: str | None = None
+    run_dir: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """A short name for tables and `/v1/models`: the run folder's name, else the folder's."""
+        return (self.run_dir or self.folder).name
+
+
+def find_artifact(path: str | Path) -> Artifact:
+    """Locate the trained weights under `path` (a run folder or the weights folder itself).
+
+    Raises:
+        UserError: nothing trained is there.
+
+    Example:
+        >>> find_artifact("runs/demo").folder   # doctest: +SKIP
+        PosixPath('runs/demo/adapter')
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError("no such folder", file=str(root), hint="point at a run folder written by `domaintune train`")
+    folder = root if (root / "method.json").is_file() else next(
+        (root / k for k in KINDS if (root / k / "method.json").is_file()), None)
+    if folder is None:
+        raise UserError("no trained adapter or model in this folder", file=str(root),
+                        hint="point at a run folder written by `domaintune train` (it holds adapter/ or model/)")
+    method = read_method_file(folder)["method"]
+    run_dir = folder.parent if (folder.parent / RECIPE_FILE).is_file() else None
+    base, template = _recipe_model(run_dir / RECIPE_FILE) if run_dir else (None, None)
+    kind = "model" if (folder / "config.json").is_file() else "adapter"
+    return Artifact(folder, kind, method, base, template, run_dir)
+
+
+def _recipe_model(recipe: Path) -> tuple[str | None, str | None]:
+    data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    model = data.get("model") or {}
+    return model.get("name"), model.get("template")
+
+
+def load_artifact(artifact: Artifact, base: str | None = None, *, base_model: Any = None,
+                  trust_remote_code: bool = False) -> Any:
+    """The trained model in eval mode: base + adapter, or the complete saved model.
+
+    Args:
+        artifact: from `find_artifact`.
+        base: the base model spec, overriding the run's recipe (needed for a lone adapter folder).
+        base_model: an already loaded base to wrap (serve and eval share one base in memory).
+        trust_remote_code: passed to the base model loader.
+
+    Raises:
+        UserError: an adapter whose base is unknown, or a base of another shape.
+    """
+    from domaintune.models.load import load_model
+
+    if base_model is None:
+        spec = base or artifact.base
+        if artifact.kind == "model":
+            spec = str(artifact.folder)
+        if spec is None:
+            raise UserError("this adapter folder does not say which base model it was trained on",
+                            file=str(artifact.folder), hint="pass the base model with --model")
+        base_model = load_model(spec, trust_remote_code=trust_remote_code)
+        if artifact.kind == "model":
+            return base_model.eval()
+    check_base(base_model, read_method_file(artifact.folder))
+    model = get_method(artifact.method).load(base_model, artifact.folder)
+    return model.eval()
