@@ -148,7 +148,10 @@ def train(recipe: Recipe, resume: bool = False, force: bool = False, progress: b
     from domaintune.train.data import load_split
     from domaintune.train.loop import run_training
 
-    cfg, model_cfg = recipe.train, recipe.model
+    cfg, model_cfg = recipe.train.model_copy(deep=True), recipe.model  # a copy: the saved recipe keeps 'bundled:'
+    for part, key in ((cfg.replay, "data"), (cfg.ewc, "reference")):
+        if part is not None and getattr(part, key).startswith("bundled:"):
+            setattr(part, key, str(bundled_dataset(getattr(part, key).removeprefix("bundled:"))))
     data = Path(cfg.data_dir)
     tokenizer = load_tokenizer(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
     model = load_model(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)

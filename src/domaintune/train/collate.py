@@ -19,20 +19,30 @@ Batches come in two shapes:
   and for prefix/prompt tuning, whose virtual tokens break packed-sequence detection.
 
 `length_grouped_order` orders examples so padded batches hold similar lengths.
+
+Term-aware training: with a `TermWeighter`, `encode_record` gives every trained token that
+overlaps a domain term (from the terminology dictionary) a loss weight above 1, and both collate
+functions then add a `loss_weights` tensor that `train.loss.causal_lm_loss` turns into a
+weighted mean.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from bisect import bisect_left, insort
-from collections.abc import Mapping, Sequence
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from domaintune.data.terms import TermDict
 from domaintune.errors import UserError
-from domaintune.models.templates import ChatTemplate
+# The private helpers are ChatTemplate.encode's own steps: the weighted path needs the offsets
+# that `encode` computes and drops (tests/unit/train/test_collate.py checks both paths agree).
+from domaintune.models.templates import ChatTemplate, _mask_from_offsets, _tokenize_with_offsets, _trained_spans
 
 IGNORE_INDEX = -100
 TRUNCATIONS = ("drop", "truncate")
@@ -50,10 +60,13 @@ class Example:
     Attributes:
         input_ids: token ids.
         labels: the same ids where the loss is taken, `IGNORE_INDEX` elsewhere (always at 0).
+        weights: per-token loss weights aligned with `labels` (term-aware training), or None
+            for all 1. Values at untrained positions are never used.
     """
 
     input_ids: list[int]
     labels: list[int]
+    weights: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -66,9 +79,88 @@ class Encoded(NamedTuple):
     reason: str | None = None
 
 
+class TermWeighter:
+    """Loss weights that make the tokens of domain terms count more.
+
+    Terms match as in `domaintune.data.terms` (the dictionary `prepare` normalizes with):
+    case-insensitive, terms starting or ending with an ASCII letter or digit on ASCII word
+    boundaries, Chinese terms anywhere. Every listed form counts, canonical or variant.
+
+    Args:
+        terms: the term strings, or a loaded `TermDict` (all its forms are used).
+        weight: the loss weight of a trained token that overlaps a term (> 0; 1 changes nothing).
+
+    Raises:
+        UserError: `weight` is not a positive number, or a term is empty.
+
+    Example:
+        >>> w = TermWeighter(["heart attack", "心梗"], 3.0)
+        >>> w.token_weights("A heart attack.", [(0, 1), (1, 7), (7, 14), (14, 15)], [True] * 4)
+        (1.0, 3.0, 3.0, 1.0)
+    """
+
+    def __init__(self, terms: Iterable[str] | TermDict, weight: float) -> None:
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+            raise UserError(f"term weight must be a positive number, got {weight!r}",
+                            hint="use e.g. 2.0 (1.0 weighs terms like any other token)")
+        self.weight = float(weight)
+        if isinstance(terms, TermDict):
+            self._dict = terms
+        else:  # each string its own canonical term; TermDict refuses case-only duplicates
+            self._dict = TermDict.from_mapping({t: () for t in {t.strip().lower(): t for t in terms}.values()})
+
+    @classmethod
+    def from_file(cls, path: str | Path, weight: float) -> TermWeighter:
+        """A weighter for every form (canonical and variant) in a term dictionary file.
+
+        Args:
+            path: a `.csv` or `.yaml` terminology file, as `TermDict.from_file` reads it.
+            weight: as in the constructor.
+
+        Raises:
+            UserError: the file is missing or malformed, or `weight` is not positive.
+        """
+        return cls(TermDict.from_file(str(path)), weight)
+
+    def term_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans `[start, end)` of every term occurrence in `text` (overlaps included)."""
+        lowered = text.lower()
+        if len(lowered) != len(text):  # "İ".lower() is two characters; keep offsets aligned
+            lowered = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in text)
+        # TermDict has no public span finder; these are the two steps its `normalize` runs.
+        found = self._dict._anchors_in(lowered)  # noqa: SLF001
+        return sorted(span for anchor in found for span in self._dict._spans(anchor, lowered))  # noqa: SLF001
+
+    def token_weights(self, text: str, offsets: Sequence[Sequence[int]],
+                      trained: Sequence[bool]) -> tuple[float, ...] | None:
+        """Per-token weights: `weight` for trained tokens overlapping a term, 1.0 otherwise.
+
+        Args:
+            text: the rendered text the tokens come from.
+            offsets: each token's `(start, end)` character span in `text` (non-decreasing).
+            trained: whether each token is trained.
+
+        Returns:
+            One weight per token, or None when no trained token touches a term (the same as
+            all 1, and batches without weights take the cheaper unweighted loss).
+        """
+        spans = self.term_spans(text)
+        if not spans:
+            return None
+        starts = [s for s, _ in offsets]
+        ends = [e for _, e in offsets]
+        weights, hit = [1.0] * len(offsets), False
+        for a, b in spans:
+            # Offsets only grow, so the tokens overlapping [a, b) form one slice.
+            for i in range(bisect_right(ends, a), bisect_left(starts, b)):
+                if trained[i] and ends[i] > starts[i]:  # a zero-width token holds no term text
+                    weights[i], hit = self.weight, True
+        return tuple(weights) if hit else None
+
+
 def encode_record(record: Mapping[str, Any], tokenizer: Any, template: ChatTemplate, max_len: int,
                   truncation: str = "drop", train_on_prompt: bool = False,
-                  keep_reasoning: bool = True) -> Encoded:
+                  keep_reasoning: bool = True, term_weighter: TermWeighter | None = None) -> Encoded:
     """Tokenize one prepared record and mark the tokens the loss is computed on.
 
     Args:
@@ -79,6 +171,8 @@ def encode_record(record: Mapping[str, Any], tokenizer: Any, template: ChatTempl
         truncation: "drop" skips a longer record; "truncate" keeps its first `max_len` tokens.
         train_on_prompt: train on prompt tokens too (chat records).
         keep_reasoning: keep the final answer's reasoning block (see `ChatTemplate.encode`).
+        term_weighter: when given, trained tokens of domain terms get its weight
+            (`Example.weights`; None when the record holds no trained term).
 
     Returns:
         `Encoded(example, None)`, or `Encoded(None, reason)` with reason `SKIP_TOO_LONG` or
@@ -94,30 +188,52 @@ def encode_record(record: Mapping[str, Any], tokenizer: Any, template: ChatTempl
     """
     if truncation not in TRUNCATIONS:
         raise UserError(f"unknown truncation '{truncation}'", hint=f"use one of: {', '.join(TRUNCATIONS)}")
-    ids, trained = _tokenize(record, tokenizer, template, train_on_prompt, keep_reasoning)
+    ids, trained, weights = _tokenize(record, tokenizer, template, train_on_prompt, keep_reasoning, term_weighter)
     if len(ids) > max_len:
         if truncation == "drop":
             return Encoded(None, SKIP_TOO_LONG)
         ids, trained = ids[:max_len], trained[:max_len]
+        weights = weights[:max_len] if weights is not None else None
     # Position 0 has no context to be predicted from; dropping it here keeps counts honest.
     labels = [IGNORE_INDEX] + [t if keep else IGNORE_INDEX for t, keep in zip(ids[1:], trained[1:])]
     if all(label == IGNORE_INDEX for label in labels):
         return Encoded(None, SKIP_NO_TRAINED_TOKENS)
-    return Encoded(Example(ids, labels))
+    return Encoded(Example(ids, labels, weights))
 
 
 def _tokenize(record: Mapping[str, Any], tokenizer: Any, template: ChatTemplate, train_on_prompt: bool,
-              keep_reasoning: bool) -> tuple[list[int], list[bool]]:
+              keep_reasoning: bool, weighter: TermWeighter | None,
+              ) -> tuple[list[int], list[bool], tuple[float, ...] | None]:
     if "messages" in record:
-        return template.encode(record["messages"], tokenizer, train_on_prompt=train_on_prompt,
-                               keep_reasoning=keep_reasoning)
+        if weighter is None:
+            ids, trained = template.encode(record["messages"], tokenizer, train_on_prompt=train_on_prompt,
+                                           keep_reasoning=keep_reasoning)
+            return ids, trained, None
+        return _encode_chat_weighted(record["messages"], tokenizer, template, train_on_prompt, keep_reasoning,
+                                     weighter)
     if "text" in record:
-        ids = list(tokenizer(record["text"], add_special_tokens=False)["input_ids"])
+        text = record["text"]
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=weighter is not None)
+        ids = list(enc["input_ids"])
+        weights = weighter.token_weights(text, enc["offset_mapping"], [True] * len(ids)) if weighter else None
         eos = getattr(tokenizer, "eos_token_id", None)
-        ids += [eos] if eos is not None else []
-        return ids, [True] * len(ids)
+        if eos is not None:
+            ids.append(eos)
+            weights = (*weights, 1.0) if weights is not None else None
+        return ids, [True] * len(ids), weights
     raise UserError("a prepared record has neither 'messages' nor 'text'",
                     hint="train on the output of `domaintune prepare`")
+
+
+def _encode_chat_weighted(messages: Any, tokenizer: Any, template: ChatTemplate, train_on_prompt: bool,
+                          keep_reasoning: bool, weighter: TermWeighter,
+                          ) -> tuple[list[int], list[bool], tuple[float, ...] | None]:
+    """`ChatTemplate.encode`, step by step, keeping the offsets the weights need."""
+    segments = template.render_segments(messages, keep_reasoning=keep_reasoning)
+    text = "".join(piece for piece, _ in segments)
+    ids, offsets = _tokenize_with_offsets(tokenizer, text)
+    trained = [True] * len(ids) if train_on_prompt else _mask_from_offsets(offsets, _trained_spans(segments))
+    return ids, trained, weighter.token_weights(text, offsets, trained)
 
 
 def pack_examples(examples: Sequence[Example], max_tokens: int) -> list[list[int]]:
@@ -170,13 +286,19 @@ def collate_packed(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         `position_ids` restart at 0 for each example, which is how the model keeps them apart;
         there is deliberately no `attention_mask` (it would switch that detection off). Each
         example's first label is `IGNORE_INDEX`, so no token is ever predicted across a border.
+        When some example has `weights`, also `loss_weights` (float32 `[1, T]`, 1.0 for
+        examples without).
     """
     ids = [t for ex in examples for t in ex.input_ids]
     labels = [lab for ex in examples for lab in [IGNORE_INDEX, *ex.labels[1:]]]
     positions = [p for ex in examples for p in range(len(ex))]
-    return {"input_ids": torch.tensor([ids], dtype=torch.long),
-            "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long)}
+    batch = {"input_ids": torch.tensor([ids], dtype=torch.long),
+             "labels": torch.tensor([labels], dtype=torch.long),
+             "position_ids": torch.tensor([positions], dtype=torch.long)}
+    if any(ex.weights is not None for ex in examples):
+        weights = [w for ex in examples for w in (ex.weights or (1.0,) * len(ex))]
+        batch["loss_weights"] = torch.tensor([weights], dtype=torch.float32)
+    return batch
 
 
 def collate_padded(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -188,19 +310,27 @@ def collate_padded(examples: Sequence[Example], pad_id: int) -> dict[str, torch.
 
     Returns:
         `input_ids`, `labels` and `attention_mask`, each `[B, max length]`; labels are
-        `IGNORE_INDEX` on padding.
+        `IGNORE_INDEX` on padding. When some example has `weights`, also `loss_weights`
+        (float32, same shape, 1.0 elsewhere).
     """
     width = max(len(ex) for ex in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    weighted = any(ex.weights is not None for ex in examples)
+    weights = torch.ones((len(examples), width), dtype=torch.float32) if weighted else None
     for row, ex in enumerate(examples):
         n = len(ex)
         ids[row, :n] = torch.tensor(ex.input_ids, dtype=torch.long)
         labels[row, :n] = torch.tensor(ex.labels, dtype=torch.long)
         labels[row, 0] = IGNORE_INDEX
         mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if weights is not None and ex.weights is not None:
+            weights[row, :n] = torch.tensor(ex.weights, dtype=torch.float32)
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if weights is not None:
+        batch["loss_weights"] = weights
+    return batch
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:

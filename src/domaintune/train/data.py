@@ -5,8 +5,9 @@
     require_trainable(examples, dropped, records.path, max_len=1024, truncation="drop", train_on_prompt=False)
     rows = epoch_batches(examples, epoch=0, seed=0, packing=True, batch_tokens=2048, batch_size=4)
 
-The order of an epoch depends only on (seed, epoch), so a resumed run finds its place from
-(epoch, batch index, micro step) alone, without saving any sampler state.
+The order of an epoch depends only on (seed, epoch) (and, with a curriculum, on each example's
+bucket, itself a function of the data), so a resumed run finds its place from (epoch, batch
+index, micro step) alone, without saving any sampler state.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 
 from domaintune.errors import UserError
 from domaintune.models.templates import ChatTemplate
-from domaintune.train.collate import (SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, collate_packed, collate_padded,
-                                      encode_record, length_grouped_order, pack_examples)
+from domaintune.train.collate import (SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, TermWeighter, collate_packed,
+                                      collate_padded, encode_record, length_grouped_order, pack_examples)
 
 # Mixes seed and epoch into one shuffle seed (a large odd constant keeps (s, e) pairs apart).
 _EPOCH_STRIDE = 1_000_003
@@ -82,8 +83,8 @@ def load_split(path: str | Path) -> Split:
 
 
 def encode_split(records: Sequence[dict[str, Any]], tokenizer: Any, template: ChatTemplate, max_len: int,
-                 truncation: str = "drop", train_on_prompt: bool = False,
-                 keep_reasoning: bool = True) -> tuple[list[Example], Counter[str]]:
+                 truncation: str = "drop", train_on_prompt: bool = False, keep_reasoning: bool = True,
+                 term_weighter: TermWeighter | None = None) -> tuple[list[Example], Counter[str]]:
     """Encode every record once with `collate.encode_record`, counting the ones skipped.
 
     Args:
@@ -91,19 +92,40 @@ def encode_split(records: Sequence[dict[str, Any]], tokenizer: Any, template: Ch
         tokenizer: the model's (fast) tokenizer.
         template: the model's chat template.
         max_len, truncation, train_on_prompt, keep_reasoning: as in `encode_record`.
+        term_weighter: a `collate.TermWeighter` giving domain-term tokens more loss weight
+            (`Example.weights`); None: every token weighs 1. Only for training examples.
 
     Returns:
         `(examples, dropped)`: the kept examples in record order, and {reason: count} of skipped records.
+
+    Example:
+        >>> examples, dropped = encode_split(load_split("prepared/val.jsonl"), tok, tpl, 1024)  # doctest: +SKIP
+    """
+    examples, _, dropped = encode_indexed(records, tokenizer, template, max_len, truncation, train_on_prompt,
+                                          keep_reasoning, term_weighter)
+    return examples, dropped
+
+
+def encode_indexed(records: Sequence[dict[str, Any]], tokenizer: Any, template: ChatTemplate, max_len: int,
+                   truncation: str = "drop", train_on_prompt: bool = False, keep_reasoning: bool = True,
+                   term_weighter: TermWeighter | None = None) -> tuple[list[Example], list[int], Counter[str]]:
+    """`encode_split`, plus the index of the record each kept example came from.
+
+    Returns:
+        `(examples, kept, dropped)` with `examples[j]` encoded from `records[kept[j]]`.
     """
     examples: list[Example] = []
+    kept: list[int] = []
     dropped: Counter[str] = Counter()
-    for record in records:
-        encoded = encode_record(record, tokenizer, template, max_len, truncation, train_on_prompt, keep_reasoning)
+    for index, record in enumerate(records):
+        encoded = encode_record(record, tokenizer, template, max_len, truncation, train_on_prompt, keep_reasoning,
+                                term_weighter)
         if encoded.example is None:
             dropped[encoded.reason] += 1
         else:
             examples.append(encoded.example)
-    return examples, dropped
+            kept.append(index)
+    return examples, kept, dropped
 
 
 def require_trainable(examples: Sequence[Example], dropped: Counter[str], source: str | Path | None, *,
@@ -131,13 +153,14 @@ def require_trainable(examples: Sequence[Example], dropped: Counter[str], source
                         hint="raise train.max_len, or set train.truncation: truncate")
     if dropped[SKIP_NO_TRAINED_TOKENS] and not train_on_prompt:
         cut = " or raise train.max_len (truncation may cut answers away)" if truncation == "truncate" else ""
-        raise UserError(f"no training row has an assistant answer to learn ({_reasons(dropped)})", file=where,
+        raise UserError(f"no training row has an assistant answer to learn ({describe_skips(dropped)})", file=where,
                         hint=f"add assistant turns to the data, set train.train_on_prompt: true{cut}")
-    raise UserError(f"no token would be trained ({_reasons(dropped)})", file=where,
+    raise UserError(f"no token would be trained ({describe_skips(dropped)})", file=where,
                     hint="raise train.max_len, or check the data with `domaintune inspect`")
 
 
-def _reasons(dropped: Counter[str]) -> str:
+def describe_skips(dropped: Counter[str]) -> str:
+    """Skip counts in words, most common first: "3 too long, 1 no trained tokens"."""
     return ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in dropped.most_common())
 
 
@@ -179,6 +202,33 @@ def epoch_batches(examples: Sequence[Example], epoch: int, seed: int, packing: b
     return rows
 
 
+def curriculum_batches(examples: Sequence[Example], buckets: Sequence[int], seed: int, packing: bool,
+                       batch_tokens: int, batch_size: int) -> list[list[int]]:
+    """A curriculum epoch: the micro-batches of bucket 0, then bucket 1, and so on.
+
+    Inside a bucket the order is `epoch_batches` of that bucket alone (shuffled and packed by the
+    seed), so no row mixes buckets.
+
+    Args:
+        examples: the encoded examples.
+        buckets: each example's bucket rank (0 first), e.g. from `forgetting.curriculum_buckets`.
+        seed, packing, batch_tokens, batch_size: as in `epoch_batches`.
+
+    Returns:
+        Micro-batches of example indices; every index appears exactly once.
+
+    Example:
+        >>> curriculum_batches(fake_examples([3, 9, 4]), [1, 0, 1], 0, False, 64, 1)  # doctest: +SKIP
+        [[1], [2], [0]]
+    """
+    rows: list[list[int]] = []
+    for bucket in sorted(set(buckets)):
+        members = [i for i, b in enumerate(buckets) if b == bucket]
+        sub = [examples[i] for i in members]
+        rows += [[members[j] for j in row] for row in epoch_batches(sub, 0, seed, packing, batch_tokens, batch_size)]
+    return rows
+
+
 def collate_rows(examples: Sequence[Example], rows: Iterable[list[int]], packing: bool,
                  pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Collate micro-batches of example indices: packed rows, or right-padded batches."""
@@ -191,25 +241,36 @@ class BatchStream:
 
     A position is (epoch, batch index); `take` returns the next micro-batches and the position
     after them, so a step may run across an epoch boundary and a resume needs only the position.
+    With `buckets` (a curriculum), epoch 0 is `curriculum_batches` and later epochs are shuffled
+    as usual.
 
     Args:
         examples: the encoded training examples.
         seed, packing, batch_tokens, batch_size: as in `epoch_batches`.
         pad_id: the padding id for padded batches.
+        buckets: each example's curriculum bucket, or None for no curriculum.
     """
 
     def __init__(self, examples: Sequence[Example], seed: int, packing: bool, batch_tokens: int, batch_size: int,
-                 pad_id: int) -> None:
-        self.examples, self.seed, self.packing = examples, seed, packing
+                 pad_id: int, buckets: Sequence[int] | None = None) -> None:
+        self.examples, self.seed, self.packing, self.buckets = examples, seed, packing, buckets
         self.batch_tokens, self.batch_size, self.pad_id = batch_tokens, batch_size, pad_id
         self._cache: dict[int, list[list[int]]] = {}
-        self.per_epoch = len(self.rows(0))
+        # A curriculum epoch packs bucket by bucket, so it may hold a few more rows than the others.
+        later = len(self.rows(1)) if buckets is not None else None
+        self.first_epoch = len(self.rows(0))
+        self.per_epoch = later if later is not None else self.first_epoch
 
     def rows(self, epoch: int) -> list[list[int]]:
         """The micro-batches of one epoch (only the latest epoch asked for is cached)."""
         if epoch not in self._cache:
-            self._cache = {epoch: epoch_batches(self.examples, epoch, self.seed, self.packing, self.batch_tokens,
-                                                self.batch_size)}
+            if epoch == 0 and self.buckets is not None:
+                rows = curriculum_batches(self.examples, self.buckets, self.seed, self.packing, self.batch_tokens,
+                                          self.batch_size)
+            else:
+                rows = epoch_batches(self.examples, epoch, self.seed, self.packing, self.batch_tokens,
+                                     self.batch_size)
+            self._cache = {epoch: rows}
         return self._cache[epoch]
 
     def take(self, epoch: int, index: int, n: int) -> tuple[list[dict[str, torch.Tensor]], tuple[int, int], int]:
@@ -226,4 +287,12 @@ class BatchStream:
 
     def epochs(self, position: tuple[int, int]) -> float:
         """A position as fractional epochs."""
+        if position[0] == 0:
+            return position[1] / self.first_epoch
         return position[0] + position[1] / self.per_epoch
+
+    def batches_in(self, epochs: float) -> float:
+        """How many micro-batches `epochs` passes over the data hold."""
+        if self.buckets is None:
+            return epochs * self.per_epoch
+        return min(epochs, 1.0) * self.first_epoch + max(epochs - 1.0, 0.0) * self.per_epoch

@@ -11,6 +11,9 @@ model does after its head (Gemma's logit soft-capping, Cohere's logit scale, Gra
 and keeps every peft wrapper in force: LoRA/IA3/adapters applied in the body (or on `lm_head`),
 and prompt/prefix tuning's virtual tokens, which only exist inside `PeftModel.forward`.
 
+`supervised_logits` and `supervised_mean` are the two halves of that loss; `train/distill.py`
+builds the distillation loss from them, so both select and average exactly the same tokens.
+
 The forward always runs with `use_cache=False`: with the config default a DynamicCache is
 created and transformers stops looking for packed sequences (see `train/collate.py`).
 """
@@ -69,29 +72,36 @@ def packing_supported(model: Any) -> bool:
     return not (config is not None and getattr(config, "is_prompt_learning", False))
 
 
-def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor],
-                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy over supervised tokens, logits computed only where needed.
 
     Equals `model(**batch, labels=batch["labels"]).loss` (transformers' mean over targets that
-    are not -100). With `weights`, it is the weighted mean `sum(w_t * ce_t) / sum(w_t)` over the
-    supervised targets, `w_t` being the weight of the token being predicted (`weights` is
-    aligned with `labels`; its values on unsupervised tokens are ignored). Term-aware training
-    gives domain-term tokens a weight above 1; all-ones equals the unweighted loss.
+    are not -100). When the batch carries `loss_weights` (term-aware training, see
+    `collate.TermWeighter`), it is the weighted mean `sum(w_t * ce_t) / sum(w_t)` over the
+    supervised targets instead, `w_t` being the weight of the token being predicted
+    (`loss_weights` is aligned with `labels`; its values on unsupervised tokens are ignored).
+    All-ones weights equal the unweighted loss; without `loss_weights` the result is exactly the
+    plain mean.
 
     Works for a plain model and for a peft `PeftModel` around it. Prompt and prefix tuning also
     take the selected-position path (the call goes through `PeftModel.forward`, so virtual
     tokens apply), but only with padded batches: see `packing_supported`. For MoE models that
     return a router `aux_loss`, it is added with the config's coefficient, as transformers does.
 
-    For gradient accumulation over micro-batches with different token counts, scale each
-    micro-batch's loss by `count / total_count` so the step equals one big batch.
+    Gradient accumulation: scale each micro-batch's loss by `count / total_count` (the loop
+    does), so an unweighted step equals one big batch. With `loss_weights` the count stays the
+    number of supervised targets, so the step minimizes `sum_i (n_i / N) * L_i`, each `L_i`
+    the weighted mean of micro-batch i: token t of micro-batch i weighs `w_t * n_i / W_i` (W_i
+    the sum of that micro-batch's weights). That equals the weighted mean over the whole step
+    when every micro-batch has the same mean weight `W_i / n_i` (always so with one
+    micro-batch); otherwise term tokens in a term-dense micro-batch weigh a little less than
+    in a sparse one. Each micro-batch's loss keeps the scale of a cross-entropy, so logged
+    losses stay comparable with unweighted runs.
 
     Args:
         model: a causal LM, or a peft model wrapping one.
         batch: from `collate_packed` (input_ids, labels, position_ids) or `collate_padded`
-            (input_ids, labels, attention_mask).
-        weights: optional `[B, T]` per-token weights, aligned with `labels`.
+            (input_ids, labels, attention_mask), either with optional `loss_weights`.
 
     Returns:
         `(loss, count)`: the mean (or weighted mean) loss, a scalar with a graph, and the number
@@ -106,20 +116,64 @@ def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor],
         >>> loss, n = causal_lm_loss(model, batch)                                              # doctest: +SKIP
         >>> loss.backward()                                                                     # doctest: +SKIP
     """
+    logits, targets, out = supervised_logits(model, batch)
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    return add_router_loss(model, out, supervised_mean(ce, batch, logits)), int(ce.numel())
+
+
+def supervised_logits(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Run `model` on a batch and keep the logits of supervised positions only.
+
+    The model projects only those positions through its LM head (`logits_to_keep`), with
+    `use_cache=False` so packed conversations stay apart.
+
+    Args:
+        model: a causal LM, or a peft model wrapping one.
+        batch: a collated batch, as in `causal_lm_loss`.
+
+    Returns:
+        `(logits, targets, output)`: `[N, V]` logits at the N supervised positions (row-major
+        order), their `[N]` target ids, and the model's output (for a router `aux_loss`).
+
+    Raises:
+        ValueError: as in `causal_lm_loss`.
+    """
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     out = model(**_model_inputs(model, batch), use_cache=False, logits_to_keep=_with_virtual(model, keep))
-    logits = _selected_logits(out.logits, keep)
-    ce = F.cross_entropy(logits.float(), targets[keep], reduction="none")
-    count = int(ce.numel())
-    if count == 0:
-        loss = logits.sum() * 0.0
-    elif weights is None:
-        loss = ce.mean()
-    else:
-        w = _shift_left(weights, 0)[keep].to(ce.dtype)
-        loss = (ce * w).sum() / w.sum().clamp_min(torch.finfo(ce.dtype).tiny)
-    return _add_router_loss(model, out, loss), count
+    return _selected_logits(out.logits, keep), targets[keep], out
+
+
+def supervised_mean(per_token: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                    logits: torch.Tensor) -> torch.Tensor:
+    """Average per-target losses the way `causal_lm_loss` does: the mean, or the weighted mean.
+
+    Args:
+        per_token: `[N]` losses, one per supervised target, in `supervised_logits` order.
+        batch: the batch they came from (its `loss_weights`, when present, weigh them).
+        logits: the logits they were computed from; a batch without targets returns
+            `logits.sum() * 0`, a zero that still backpropagates.
+
+    Returns:
+        A scalar loss.
+    """
+    if per_token.numel() == 0:
+        return logits.sum() * 0.0
+    weights = batch.get("loss_weights")
+    if weights is None:
+        return per_token.mean()
+    keep = next_token_targets(batch["labels"]) != IGNORE_INDEX
+    w = _shift_left(weights, 0)[keep].to(per_token.dtype)
+    return (per_token * w).sum() / w.sum().clamp_min(torch.finfo(per_token.dtype).tiny)
+
+
+def add_router_loss(model: Any, out: Any, loss: torch.Tensor) -> torch.Tensor:
+    """`loss` plus an MoE model's router `aux_loss` times its config coefficient, as transformers adds it."""
+    aux = getattr(out, "aux_loss", None)
+    coef = getattr(getattr(model, "config", None), "router_aux_loss_coef", None)
+    if aux is None or not coef:
+        return loss
+    return loss + coef * aux.to(loss.device)
 
 
 def _shift_left(values: torch.Tensor, fill: float) -> torch.Tensor:
@@ -160,11 +214,3 @@ def _selected_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return logits
     # A model that ignored `logits_to_keep` returned every position: select here instead.
     return logits[:, -keep.shape[1]:][keep]
-
-
-def _add_router_loss(model: Any, out: Any, loss: torch.Tensor) -> torch.Tensor:
-    aux = getattr(out, "aux_loss", None)
-    coef = getattr(getattr(model, "config", None), "router_aux_loss_coef", None)
-    if aux is None or not coef:
-        return loss
-    return loss + coef * aux.to(loss.device)

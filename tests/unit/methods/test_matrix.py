@@ -13,8 +13,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from domaintune.config import (AdapterOptions, FreezeOptions, FullOptions, IA3Options, LoraOptions, PrefixOptions,
-                               PromptOptions)
+from domaintune.config import (AdapterOptions, DistillOptions, FreezeOptions, FullOptions, IA3Options, LoraOptions,
+                               PrefixOptions, PromptOptions)
 from domaintune.errors import UserError
 from domaintune.methods.base import REGISTRY, all_methods, get_method, saved_method, trainable_report
 from domaintune.models.load import load_model
@@ -28,11 +28,15 @@ OPTIONS = {
     "adapter": AdapterOptions(bottleneck=8),
     "full": FullOptions(),
     "freeze": FreezeOptions(train_top=1),
+    # The student side of distillation (the teacher only enters the loss: tests/unit/train/test_distill.py).
+    "distill": DistillOptions(teacher="unused", r=4),
 }
 # Where the method's own parameters live: every trainable name has the marker, every name with it trains.
 MARKERS = {"lora": "lora_", "prefix": "prompt_encoder", "prompt": "prompt_encoder", "ia3": "ia3_l",
-           "adapter": "_adapter."}
-MERGEABLE = {"lora", "ia3", "full", "freeze"}
+           "adapter": "_adapter.", "distill": "lora_"}
+MERGEABLE = {"lora", "ia3", "full", "freeze", "distill"}
+# A distilled student is saved as what it is (a LoRA adapter), so export and serve need no special case.
+SAVED_AS = {"distill": "lora"}
 # DeepSeek-V3's MLA caches a compressed latent, not per-head keys/values: see methods/prefix.py.
 UNSUPPORTED = {("prefix", "tiny_deepseek_v3"): "MLA"}
 
@@ -112,7 +116,7 @@ def test_method_roundtrip(name, family, request, tmp_path):
 
     logits = _logits(model, batch)
     method.save(model, tmp_path)
-    assert saved_method(tmp_path) == name
+    assert saved_method(tmp_path) == SAVED_AS.get(name, name)
     loaded = method.load(load_model(path), tmp_path)
     torch.testing.assert_close(_logits(loaded, batch), logits, atol=1e-6, rtol=0)
 

@@ -1,4 +1,4 @@
-"""Tests for train/collate.py: label masks, truncation, packing, collation and length grouping."""
+"""Tests for train/collate.py: label masks, truncation, packing, collation, length grouping, term weights."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from domaintune.errors import UserError
 from domaintune.models.templates import IM_END, get_template
 from domaintune.train.collate import (
-    IGNORE_INDEX, SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, collate_packed, collate_padded, encode_record,
-    length_grouped_order, pack_examples,
+    IGNORE_INDEX, SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, TermWeighter, collate_packed, collate_padded,
+    encode_record, length_grouped_order, pack_examples,
 )
 
 CHAT = {"messages": [{"role": "system", "content": "You are a helpful assistant."},
@@ -153,3 +153,126 @@ def test_length_grouping_is_a_deterministic_grouped_permutation(lengths, batch_s
 def test_length_grouping_depends_on_the_seed():
     lengths = list(range(1, 1001))
     assert length_grouped_order(lengths, 2, 0) != length_grouped_order(lengths, 2, 1)
+
+
+# ---- term-aware loss weights -------------------------------------------------------------------
+
+TERM_CHAT = {"messages": [
+    {"role": "user", "content": "Is Paris the capital of France? 北京呢"},
+    {"role": "assistant", "content": "PARIS is the capital of France, not Parisian. 北京是中国的首都。"}]}
+TERMS = ["paris", "capital of France", "北京"]
+
+
+def weighted_runs(example: Example, tokenizer) -> list[str]:
+    """Decode each maximal run of tokens whose weight is not 1."""
+    runs, current = [], []
+    for token, weight in zip([*example.input_ids, None], [*example.weights, 1.0]):
+        if weight != 1.0:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    return runs
+
+
+def test_term_weights_sit_exactly_on_trained_term_tokens(tiny_tokenizer):
+    weighter = TermWeighter(TERMS, 3.0)
+    ex = encode_record(TERM_CHAT, tiny_tokenizer, get_template("chatml"), 256, term_weighter=weighter).example
+    assert len(ex.weights) == len(ex.input_ids)
+    assert set(ex.weights) == {1.0, 3.0}
+    # Hand-checked: the prompt's "Paris"/"capital of France"/"北京" are not trained, so weigh 1;
+    # "PARIS" matches case-insensitively, "Parisian" is not on a word boundary, and the token
+    # holding 京's last byte also holds 是, so it overlaps the term.
+    assert weighted_runs(ex, tiny_tokenizer) == ["PARIS", " capital of France", "北京是"]
+    assert all(label != IGNORE_INDEX for label, w in zip(ex.labels, ex.weights) if w != 1.0)
+
+
+def test_weighting_changes_neither_ids_nor_labels(tiny_tokenizer):
+    weighter = TermWeighter(TERMS, 2.5)
+    for name in ("chatml", "tokenizer", "deepseek_r1"):
+        template = get_template(name, tiny_tokenizer)
+        for train_on_prompt in (False, True):
+            plain = encode_record(TERM_CHAT, tiny_tokenizer, template, 256, train_on_prompt=train_on_prompt)
+            weighted = encode_record(TERM_CHAT, tiny_tokenizer, template, 256, train_on_prompt=train_on_prompt,
+                                     term_weighter=weighter)
+            assert plain.example.weights is None
+            assert (weighted.example.input_ids, weighted.example.labels) == (plain.example.input_ids,
+                                                                             plain.example.labels), name
+    prompt_too = encode_record(TERM_CHAT, tiny_tokenizer, get_template("chatml"), 256, train_on_prompt=True,
+                               term_weighter=weighter).example
+    assert weighted_runs(prompt_too, tiny_tokenizer)[:2] == [" Paris", " capital of France"]
+
+
+def test_truncation_cuts_the_weights_too(tiny_tokenizer):
+    weighter, template = TermWeighter(TERMS, 3.0), get_template("chatml")
+    full = encode_record(TERM_CHAT, tiny_tokenizer, template, 256, term_weighter=weighter).example
+    cut = encode_record(TERM_CHAT, tiny_tokenizer, template, len(full) - 20, truncation="truncate",
+                        term_weighter=weighter).example
+    assert cut.weights == full.weights[:len(full) - 20] and len(cut.weights) == len(cut.input_ids)
+
+
+def test_text_records_are_weighted_and_records_without_terms_are_not(tiny_tokenizer):
+    weighter, template = TermWeighter(["quick brown fox"], 4.0), get_template("chatml")
+    ex = encode_record({"text": "The QUICK brown fox."}, tiny_tokenizer, template, 64, term_weighter=weighter).example
+    assert weighted_runs(ex, tiny_tokenizer) == ["QUICK brown fox"]
+    assert ex.weights[-1] == 1.0 and ex.input_ids[-1] == tiny_tokenizer.eos_token_id
+    assert encode_record(CHAT, tiny_tokenizer, template, 512, term_weighter=weighter).example.weights is None
+
+
+def test_term_weighter_reads_every_form_of_a_dictionary_file(tmp_path):
+    path = tmp_path / "terms.csv"
+    path.write_text("canonical,variant\nmyocardial infarction,heart attack\nmyocardial infarction,MI\n心肌梗死,心梗\n",
+                    encoding="utf-8")
+    weighter = TermWeighter.from_file(path, 2.0)
+    text = "Heart attack (MI), not MINE; 急性心梗 and myocardial infarction."
+    found = [text[a:b] for a, b in weighter.term_spans(text)]
+    assert found == ["Heart attack", "MI", "心梗", "myocardial infarction"]
+
+
+@pytest.mark.parametrize("weight", [0, -1.0, float("nan"), float("inf"), "2"])
+def test_a_bad_term_weight_is_a_user_error(weight):
+    with pytest.raises(UserError, match="term weight"):
+        TermWeighter(["x"], weight)
+
+
+def test_zero_width_and_untrained_tokens_keep_weight_one():
+    weighter = TermWeighter(["abc"], 2.0)
+    offsets = [(0, 1), (1, 1), (1, 3), (3, 4)]
+    assert weighter.token_weights("abc d", offsets, [True, True, True, True]) == (2.0, 1.0, 2.0, 1.0)
+    assert weighter.token_weights("abc d", offsets, [False, True, True, True]) == (1.0, 1.0, 2.0, 1.0)
+    assert weighter.token_weights("abcd", offsets, [True] * 4) is None  # not on a word boundary
+
+
+def weighted(n: int, start: int, weights: tuple[float, ...] | None) -> Example:
+    ex = fake(n, start)
+    return Example(ex.input_ids, ex.labels, weights)
+
+
+def test_collate_adds_loss_weights_only_when_an_example_has_them():
+    a, b = weighted(3, 10, (1.0, 2.0, 3.0)), weighted(2, 20, None)
+    assert "loss_weights" not in collate_packed([fake(3), fake(2)])
+    assert "loss_weights" not in collate_padded([fake(3), fake(2)], pad_id=0)
+    packed = collate_packed([a, b])
+    assert packed["loss_weights"].dtype == torch.float32
+    assert packed["loss_weights"].tolist() == [[1.0, 2.0, 3.0, 1.0, 1.0]]
+    padded = collate_padded([b, a], pad_id=0)
+    assert padded["loss_weights"].shape == padded["labels"].shape
+    assert padded["loss_weights"].tolist() == [[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]]
+
+
+WORDS = ["the", "capital", "of", "France", "Paris", "PARIS", "Parisian", "北京", "是", "中国", "report", "fox"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), min_size=1, max_size=8), st.lists(st.sampled_from(WORDS), min_size=1,
+                                                                       max_size=8))
+def test_weighting_never_changes_encoding_and_fires_iff_an_answer_holds_a_term(tiny_tokenizer, prompt, answer):
+    record = {"messages": [{"role": "user", "content": " ".join(prompt)},
+                           {"role": "assistant", "content": " ".join(answer)}]}
+    template, weighter = get_template("chatml"), TermWeighter(TERMS, 2.0)
+    plain = encode_record(record, tiny_tokenizer, template, 256).example
+    weighted = encode_record(record, tiny_tokenizer, template, 256, term_weighter=weighter).example
+    assert (weighted.input_ids, weighted.labels) == (plain.input_ids, plain.labels)
+    spaced = f" {' '.join(answer).lower()} "
+    has_term = " paris " in spaced or " capital of france " in spaced or "北京" in spaced
+    assert (weighted.weights is not None) == has_term

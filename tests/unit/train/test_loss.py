@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -112,14 +114,39 @@ def test_weights_give_the_weighted_mean_over_supervised_tokens(tiny_qwen2, tiny_
     ce, keep = per_token_ce(model, batch)
     w = torch.cat([weights[:, 1:], torch.zeros_like(weights[:, :1])], dim=1)  # weight of the predicted token
     expected = (ce * w)[keep].sum() / w[keep].sum()
-    loss, _ = causal_lm_loss(model, batch, weights=weights)
+    loss, count = causal_lm_loss(model, {**batch, "loss_weights": weights})
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    assert count == int(keep.sum())  # still the supervised-token count, not a weight sum
     unsupervised = weights.masked_fill(batch["labels"] != IGNORE_INDEX, 0.0) * 100
-    torch.testing.assert_close(causal_lm_loss(model, batch, weights=weights + unsupervised)[0], expected,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(causal_lm_loss(model, {**batch, "loss_weights": weights + unsupervised})[0],
+                               expected, atol=1e-5, rtol=0)
     ones = torch.ones_like(weights)
-    torch.testing.assert_close(causal_lm_loss(model, batch, ones)[0], causal_lm_loss(model, batch)[0],
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(causal_lm_loss(model, {**batch, "loss_weights": ones})[0],
+                               causal_lm_loss(model, batch)[0], atol=1e-6, rtol=0)
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose logits at every position are given: the loss can be worked out by hand."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, input_ids, use_cache, logits_to_keep, **_):
+        return SimpleNamespace(logits=self.logits[logits_to_keep])
+
+
+def test_weighted_loss_matches_a_hand_computation():
+    # Vocabulary of 2. Position 0 predicts token 1 from logits (0, 0): ce = ln 2. Position 1
+    # predicts token 0 from logits (ln 3, 0): p = 3/4, ce = ln(4/3). Position 2 is not trained.
+    model = FixedLogits(torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]]))
+    batch = {"input_ids": torch.tensor([[7, 1, 0]]), "labels": torch.tensor([[IGNORE_INDEX, 1, 0]]),
+             "loss_weights": torch.tensor([[9.0, 1.0, 3.0]])}  # 9.0 sits on no target: unused
+    loss, count = causal_lm_loss(model, batch)
+    assert count == 2
+    assert loss.item() == pytest.approx((1 * math.log(2) + 3 * math.log(4 / 3)) / (1 + 3), abs=1e-7)
+    plain, _ = causal_lm_loss(model, {k: v for k, v in batch.items() if k != "loss_weights"})
+    assert plain.item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, abs=1e-7)
 
 
 def test_token_counts_on_packed_and_padded_batches(tiny_tokenizer):

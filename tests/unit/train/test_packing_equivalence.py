@@ -6,6 +6,9 @@ their plain mean. Underneath, every token's loss is the same as in its own conve
 (checked position by position): no token attends across a conversation border. Gradients then
 match too: grad(packed loss) == sum_i (n_i / N) * grad(L_i), i.e. the sum over the individual
 examples of the gradient of their summed token losses, divided by the row's token count.
+
+With term weights the packed loss is the weighted mean over the whole row: sum_i S_i / sum_i W_i,
+S_i and W_i being conversation i's weighted loss sum and weight sum.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from domaintune.models.templates import get_template
-from domaintune.train.collate import IGNORE_INDEX, collate_packed, encode_record
+from domaintune.train.collate import IGNORE_INDEX, Example, TermWeighter, collate_packed, encode_record
 from domaintune.train.loss import causal_lm_loss, next_token_targets
 
 FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_deepseek_v3"]
@@ -83,3 +86,29 @@ def test_packed_gradients_equal_the_sum_over_examples(family, examples, request)
     for p_grad, s_grad in zip(packed_grads, summed):
         torch.testing.assert_close(torch.zeros_like(s_grad) if p_grad is None else p_grad, s_grad,
                                    atol=1e-5, rtol=0)
+
+
+TERMS = ["France", "theorem", "机器学习", "lazy dog", "Hello"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_weighted_loss_is_the_pooled_weighted_mean(family, tiny_tokenizer, request):
+    """Term weights: packed = sum_i S_i / sum_i W_i, with S_i the weighted loss sum of conversation i."""
+    template, weighter = get_template("chatml"), TermWeighter(TERMS, 3.0)
+    records = [{"messages": [{"role": r, "content": c} for r, c in conv]} for conv in CONVERSATIONS]
+    exs = [encode_record(r, tiny_tokenizer, template, 256, term_weighter=weighter).example for r in records]
+    assert sum(ex.weights is None for ex in exs) == 1  # a mix: an unweighted example packs as all-ones
+    model = load(request.getfixturevalue(family), "sdpa").eval()
+    with torch.no_grad():
+        packed_loss, packed_count = causal_lm_loss(model, collate_packed(exs))
+        sums, weight_sums, counts = [], [], []
+        for ex in exs:
+            loss, n = causal_lm_loss(model, collate_packed([ex]))
+            w = torch.tensor(ex.weights or [1.0] * len(ex))[1:][torch.tensor(ex.labels[1:]) != IGNORE_INDEX]
+            sums.append(loss * w.sum())
+            weight_sums.append(w.sum())
+            counts.append(n)
+    assert packed_count == sum(counts)
+    torch.testing.assert_close(packed_loss, sum(sums) / sum(weight_sums), atol=1e-4, rtol=0)
+    assert not torch.isclose(packed_loss, causal_lm_loss(model, collate_packed([Example(e.input_ids, e.labels)
+                                                                               for e in exs]))[0])

@@ -1,0 +1,32 @@
+"""Recipe models: the YAML a user writes, validated with pydantic (`extra="forbid"`).
+
+This package is a light leaf (pydantic + PyYAML only), so `domaintune validate` answers instantly
+and the CLI builds `--help` from the field descriptions without importing torch.
+
+    from domaintune.config import load_recipe
+    recipe = load_recipe("recipe.yaml", overrides=["train.learning_rate=1e-4"])
+
+Modules: `base` (Section, YAML with line numbers, error formatting, `field_help`), `prepare`,
+`methods` (one options class per method, the `MethodConfig` union), `train` (TrainConfig and the
+sections against forgetting), `recipe` (ModelConfig, Recipe, `load_recipe`).
+"""
+
+from __future__ import annotations
+
+from domaintune.config.base import Section, field_help
+from domaintune.config.methods import (METHOD_NAMES, AdapterOptions, DistillOptions, FreezeOptions, FullOptions,
+                                       IA3Options, LoraOptions, MethodConfig, PrefixOptions, PromptOptions,
+                                       QLoraOptions)
+from domaintune.config.prepare import (ChunkConfig, CleanConfig, DedupConfig, InputSpec, MixConfig, PiiConfig,
+                                       PrepareConfig, RegexRule, SplitConfig)
+from domaintune.config.recipe import ModelConfig, Recipe, load_recipe
+from domaintune.config.train import (CurriculumConfig, EwcConfig, LayerGroupConfig, ReplayConfig, StageConfig,
+                                     TrainConfig)
+
+__all__ = [
+    "METHOD_NAMES", "AdapterOptions", "ChunkConfig", "CleanConfig", "CurriculumConfig", "DedupConfig",
+    "DistillOptions", "EwcConfig", "FreezeOptions", "FullOptions", "IA3Options", "InputSpec", "LayerGroupConfig",
+    "LoraOptions", "MethodConfig", "MixConfig", "ModelConfig", "PiiConfig", "PrefixOptions", "PrepareConfig",
+    "PromptOptions", "QLoraOptions", "Recipe", "RegexRule", "ReplayConfig", "Section", "SplitConfig",
+    "StageConfig", "TrainConfig", "field_help", "load_recipe",
+]

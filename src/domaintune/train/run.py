@@ -1,0 +1,390 @@
+"""One training run in one folder: optimizer, data position, validation, checkpoints, EWC, the artifact.
+
+`train_run` is what `loop.run_training` calls once, or once per stage (`train/stages.py`):
+
+    result = train_run(shared, cfg, build_inputs(...), Path("runs/run"), resume=False, force=False)
+
+A checkpoint is written every `save_every` steps, at every new best validation loss (so the best
+weights survive a crash) and at the end; the saved artifact holds the BEST step's weights. With
+EWC, the penalty's gradient is added once per optimizer step, after all micro-batches, so a
+resume mid-accumulation adds it at the same point of the same sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from domaintune.config import TrainConfig
+from domaintune.errors import UserError
+from domaintune.methods.base import decoder_layers
+from domaintune.methods.groups import LayerGroup, clip_grad_norms, param_groups, parse_layer_spec
+from domaintune.train import summary as facts
+from domaintune.train.callbacks import (METRICS_FILE, PLOT_FILE, GracefulStop, MetricsLog, ProgressBar, notify,
+                                        plot_losses)
+from domaintune.train.checkpoint import (CHECKPOINTS_DIR, TrainState, check_free_disk, check_resume_recipe,
+                                         checkpoint_name, checkpoint_problem, latest_checkpoint, load_checkpoint,
+                                         save_checkpoint)
+from domaintune.train.data import BatchStream, collate_rows, epoch_batches
+from domaintune.train.forgetting import EWC_FILE, Ewc, build_ewc
+from domaintune.train.inputs import Inputs
+from domaintune.train.loss import packing_supported
+from domaintune.train.rng import capture_rng, restore_rng
+from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune, validation_loss
+
+log = logging.getLogger(__name__)
+_console = Console(stderr=True)
+RECIPE_FILE = "recipe.resolved.yaml"
+SUMMARY_FILE = "summary.json"
+FULL_WEIGHT_METHODS = ("full", "freeze")  # saved as "model"; every other method as "adapter"
+
+
+@dataclass
+class TrainResult:
+    """What `run_training` returns; `summary` is also written to run_dir/summary.json.
+
+    With stages, the fields are the last stage's, except `run_dir`, `artifact` and `summary`,
+    which are the whole run's; `stages` then holds one dict per stage (steps, losses, folder).
+    """
+
+    run_dir: Path
+    steps: int
+    best_step: int | None
+    best_val_loss: float | None
+    final_val_loss: float | None
+    base_val_loss: float | None
+    tokens: int
+    seconds: float
+    summary: dict
+    stop_reason: str = "completed"
+    artifact: Path | None = None
+    stages: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Shared:
+    """What every run (stage) of one `run_training` call shares."""
+
+    model: Any
+    method: Any
+    pad_id: int
+    recipe_yaml: str
+    loss_fn: LossFn
+    model_path: Path | None = None
+    callbacks: Sequence[Any] = ()
+    progress: bool = True
+    peak_flops: float | None = None
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (every CUDA device too)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_run(shared: Shared, cfg: TrainConfig, inputs: Inputs, run_dir: Path, resume: bool,
+              force: bool) -> TrainResult:
+    """Train `shared.model` on `inputs` in `run_dir` and save the best weights there.
+
+    Args:
+        shared: the model (method already applied), method, padding id, recipe and callbacks.
+        cfg: the train section (one stage's).
+        inputs: the encoded data (`inputs.build_inputs`).
+        run_dir: the output folder.
+        resume: continue from the newest complete checkpoint in `run_dir`.
+        force: resume despite a changed recipe; without resume, delete old checkpoints.
+
+    Returns:
+        The `TrainResult`.
+    """
+    run = Run(shared.model, cfg, run_dir, shared.recipe_yaml, inputs, shared.pad_id, shared.loss_fn)
+    memory = run.preflight(shared.method.name)
+    run.start(resume, force)
+    stop = GracefulStop()
+    callbacks = [MetricsLog(run_dir), ProgressBar(shared.progress), stop, *shared.callbacks]
+    try:
+        notify(callbacks, "on_train_start", {"total_steps": run.total_steps, "step": run.state.step,
+                                             "run_dir": run_dir})
+        with neftune(shared.model, cfg.neftune_alpha):
+            reason = run.fit(callbacks, stop)
+        artifact = run.save_artifact(shared.method)
+        summary = run.summary(shared.method.name, reason, memory, shared.model_path, shared.peak_flops)
+        facts.write_summary(run_dir / SUMMARY_FILE, summary)
+        plot_losses(run_dir / METRICS_FILE, run_dir / PLOT_FILE)
+        notify(callbacks, "on_train_end", summary)
+    finally:
+        notify(callbacks, "on_close")
+    extra, evals = run.state.extra, run.state.extra["evals"]
+    return TrainResult(run_dir, run.state.step, run.state.best_step, run.state.best_metric,
+                       evals[-1][1] if evals else None, extra.get("base_val_loss"), extra["tokens"], extra["seconds"],
+                       summary, reason, artifact)
+
+
+def clear_old_checkpoints(run_dir: Path, force: bool) -> None:
+    """For a fresh start: refuse a folder holding checkpoints, or delete them when forced.
+
+    Raises:
+        UserError: the folder holds checkpoints and `force` is False.
+    """
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if not (folder.is_dir() and any(folder.iterdir())):
+        return
+    if not force:
+        raise UserError("the run folder already holds checkpoints", file=str(run_dir),
+                        hint="pass --resume to continue that run, --force to start over "
+                             "(deletes them), or set train.output_dir to a new folder")
+    shutil.rmtree(folder)
+
+
+class Run:
+    """One training run: its model, optimizer, data position and checkpoints."""
+
+    def __init__(self, model: Any, cfg: TrainConfig, run_dir: Path, recipe_yaml: str, inputs: Inputs, pad_id: int,
+                 loss_fn: LossFn) -> None:
+        model.train()  # a later stage gets the model back in eval mode from the previous stage's save
+        self.model, self.cfg, self.run_dir, self.recipe_yaml = model, cfg, Path(run_dir), recipe_yaml
+        self.inputs, self.train_ex, self.pad_id, self.loss_fn = inputs, inputs.train, pad_id, loss_fn
+        self.packing = cfg.packing and packing_supported(model)
+        if cfg.packing and not self.packing:
+            log.info("packing is off: prompt/prefix tuning cannot keep packed conversations apart")
+        self.data = BatchStream(inputs.train, cfg.seed, self.packing, cfg.batch_tokens, cfg.batch_size, pad_id,
+                                buckets=inputs.buckets)
+        val = inputs.val
+        self.val_batches = collate_rows(val, epoch_batches(val, 0, cfg.seed, self.packing, cfg.batch_tokens,
+                                                           cfg.batch_size), self.packing, pad_id)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.weight_decay,
+                                                        self._layer_groups()))
+        order = {id(p): n for n, p in self.params.items()}
+        self.names = [order[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+        self.total_steps = cfg.max_steps or max(1, math.ceil(self.data.batches_in(cfg.epochs) / cfg.grad_accum))
+        warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
+        self.schedule = partial(lr_factor, warmup=warmup, total=self.total_steps, kind=cfg.scheduler)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.state = TrainState(data_order_seed=cfg.seed, extra=self._fresh_extra())
+        self.ewc: Ewc | None = None
+        self._clock = time.perf_counter()
+
+    def _layer_groups(self) -> list[LayerGroup]:
+        if not self.cfg.layer_groups:
+            return []
+        n_layers = len(decoder_layers(self.model))
+        return [LayerGroup(g.name, parse_layer_spec(g.layers, n_layers), g.lr_scale, g.max_grad_norm)
+                for g in self.cfg.layer_groups]
+
+    @staticmethod
+    def _fresh_extra() -> dict[str, Any]:
+        return {"batch": 0, "evals": [], "bad_evals": 0, "tokens": 0, "supervised_tokens": 0, "seconds": 0.0,
+                "train_seconds": 0.0, "stop_reason": None}
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def preflight(self, method_name: str) -> facts.MemoryEstimate:
+        """Print the memory estimate (warn when it exceeds what is free) and check the disk."""
+        longest = max(len(ex) for ex in self.train_ex)
+        row = max(self.cfg.batch_tokens, longest) if self.packing else self.cfg.batch_size * longest
+        estimate = facts.report_memory(self.model, row, self.cfg.gradient_checkpointing)
+        trainable = sum(p.numel() * p.element_size() for p in self.params.values())
+        artifact = estimate.params if method_name == "full" else trainable
+        ewc = 2 * trainable if self.inputs.reference is not None else 0  # fisher + anchor
+        check_free_disk(self.run_dir, trainable * 3 * (self.cfg.keep_checkpoints + 1) + artifact + ewc)
+        return estimate
+
+    def start(self, resume: bool, force: bool) -> None:
+        """Restore the newest checkpoint (resume), or start fresh in a run folder without one; set up EWC."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        latest = latest_checkpoint(self.run_dir)
+        if resume and latest is None:
+            log.warning("no complete checkpoint in %s; starting from scratch", self.run_dir)
+        elif not resume:
+            clear_old_checkpoints(self.run_dir, force)
+        (self.run_dir / RECIPE_FILE).write_text(self.recipe_yaml, encoding="utf-8")
+        restored = resume and latest is not None
+        if restored:
+            self._restore(latest, force)
+        self._start_ewc(restored)
+
+    def _restore(self, path: Path, force: bool) -> None:
+        check_resume_recipe((path / RECIPE_FILE).read_text(encoding="utf-8"), self.recipe_yaml, force)
+        weights, self.state, rng, _, grads = load_checkpoint(path, self.optimizer, self.scheduler, self.names)
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(weights[name])
+                param.grad = grads[name].to(param.device) if grads is not None and name in grads else None
+        if self.state.extra.get("stop_reason") == "completed" and self.state.step < self.total_steps:
+            self.state.extra["stop_reason"] = None  # a forced resume with more steps continues
+        restore_rng(rng)  # nothing after this may draw random numbers before training
+        _console.print(f"resumed from {path.name} (step {self.state.step}, micro-batch {self.state.micro_step})")
+
+    def _start_ewc(self, restored: bool) -> None:
+        """Load the run's Fisher and anchor (resume), or compute them from the weights as they are now."""
+        if self.inputs.reference is None:
+            return
+        ewc_cfg, path, extra = self.cfg.ewc, self.run_dir / EWC_FILE, self.state.extra
+        if restored and "ewc_sha256" in extra:
+            self.ewc = Ewc.load(path, ewc_cfg.weight, extra["ewc_sha256"]).to(next(iter(self.params.values())).device)
+            return
+        # Eval mode, no dropout: this draws no random numbers, so the data order and noise are unchanged.
+        self.ewc = build_ewc(self.model, self.params, self.inputs.reference, ewc_cfg.samples, self.cfg.seed,
+                             self.pad_id, ewc_cfg.weight)
+        extra["ewc_sha256"] = self.ewc.save(path)
+        _console.print(f"ewc: Fisher from {min(ewc_cfg.samples, len(self.inputs.reference))} reference examples")
+
+    # ---- training --------------------------------------------------------------------------------
+    def fit(self, callbacks: Sequence[Any], stop: GracefulStop) -> str:
+        """Train until the last step, early stopping or Ctrl-C; returns why it stopped."""
+        self._clock = time.perf_counter()
+        if self.state.step == 0 and "base_val_loss" not in self.state.extra:
+            self.state.extra["base_val_loss"] = self._validate(callbacks)[0]
+        reason = self.state.extra["stop_reason"]
+        while reason is None:
+            notify(callbacks, "on_step", self._train_step(stop))
+            improved, patience_out = self._validate_if_due(callbacks)
+            done = self.state.step >= self.total_steps
+            reason = "early_stopping" if patience_out else ("completed" if done else None)
+            self.state.extra["stop_reason"] = reason
+            if reason or improved or self.state.step % self.cfg.save_every == 0 or stop.requested:
+                path = self._save()
+                if stop.requested and not reason:
+                    raise KeyboardInterrupt(f"training interrupted; checkpoint {path}, continue with --resume")
+        return reason
+
+    def _train_step(self, stop: GracefulStop) -> dict[str, Any]:
+        start, state, extra = time.perf_counter(), self.state, self.state.extra
+        batches, after, n_examples = self.data.take(state.epoch, extra["batch"], self.cfg.grad_accum)
+        earlier = extra.pop("loss_sum", 0.0)  # loss of micro-batches run before a mid-step resume
+
+        def after_micro(done: int, loss_sum: float) -> None:
+            if stop.requested and done < len(batches):
+                state.micro_step, extra["loss_sum"] = done, earlier + loss_sum
+                path = self._save()
+                raise KeyboardInterrupt(f"training interrupted; checkpoint {path}, continue with --resume")
+
+        loss_sum, supervised, tokens = accumulate_gradients(self.model, batches, state.micro_step, after_micro,
+                                                            self.loss_fn)
+        loss = (earlier + loss_sum) / supervised
+        if not math.isfinite(loss):
+            raise UserError(f"the training loss became {loss} at step {state.step + 1}",
+                            hint="lower train.learning_rate or set train.max_grad_norm")
+        penalty = self._ewc_backward()  # before clipping: the penalty is part of the step's loss
+        record = {"type": "train", "step": state.step + 1, "loss": loss, **penalty, "lr": self._lr(), **self._clip()}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        state.step, state.micro_step, (state.epoch, extra["batch"]) = state.step + 1, 0, after
+        state.samples_seen += n_examples
+        extra["tokens"] += tokens
+        extra["supervised_tokens"] += supervised
+        extra["train_seconds"] += seconds
+        return {**record, "epoch": round(self.data.epochs(after), 4), "tokens": tokens,
+                "supervised_tokens": supervised, "tokens_per_s": tokens / seconds, "elapsed_s": self._elapsed()}
+
+    def _ewc_backward(self) -> dict[str, float]:
+        """Add the EWC penalty's gradient (once per step); its value for metrics.jsonl."""
+        if self.ewc is None:
+            return {}
+        penalty = self.ewc.penalty(self.params)
+        penalty.backward()
+        return {"ewc_penalty": penalty.item()}
+
+    def _lr(self) -> float:
+        return self.cfg.learning_rate * self.schedule(self.scheduler.last_epoch)
+
+    def _clip(self) -> dict[str, Any]:
+        """Per-group clipping (groups with their own norm), then the global norm; returns the norms."""
+        out: dict[str, Any] = {}
+        if self.cfg.layer_groups:
+            out["group_grad_norms"] = clip_grad_norms(self.optimizer.param_groups, None)
+        norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.max_grad_norm or math.inf)
+        return {"grad_norm": float(norm), **out}
+
+    def _validate_if_due(self, callbacks: Sequence[Any]) -> tuple[bool, bool]:
+        """Validate every `eval_every` steps and at the last; returns (new best, patience ran out)."""
+        step, last = self.state.step, self.state.step >= self.total_steps
+        if not self.val_batches or not (step % self.cfg.eval_every == 0 or last):
+            return False, False
+        _, improved = self._validate(callbacks)
+        extra = self.state.extra
+        extra["bad_evals"] = 0 if improved else extra["bad_evals"] + 1
+        patience = self.cfg.early_stopping_patience
+        return improved, patience is not None and extra["bad_evals"] >= patience
+
+    def _validate(self, callbacks: Sequence[Any]) -> tuple[float | None, bool]:
+        loss = validation_loss(self.model, self.val_batches)
+        if loss is None:
+            return None, False
+        step, state = self.state.step, self.state
+        improved = step > 0 and (state.best_metric is None or loss < state.best_metric)
+        if improved:
+            state.best_metric, state.best_step = loss, step
+        if step > 0:
+            state.extra["evals"].append([step, loss])
+        notify(callbacks, "on_eval", {"type": "val", "step": step, "val_loss": loss, "best": improved})
+        return loss, improved
+
+    def _elapsed(self) -> float:
+        now = time.perf_counter()
+        self.state.extra["seconds"] += now - self._clock
+        self._clock = now
+        return self.state.extra["seconds"]
+
+    def _save(self) -> Path:
+        self._elapsed()
+        grads = None
+        if self.state.micro_step:
+            grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
+        return save_checkpoint(self.run_dir, self.state.step, self.params, self.optimizer, self.scheduler, self.state,
+                               self.recipe_yaml, capture_rng(), keep_last=self.cfg.keep_checkpoints,
+                               accum_grads=grads)
+
+    # ---- the end ---------------------------------------------------------------------------------
+    def save_artifact(self, method: Any) -> Path:
+        """Put the best step's weights into the model and save them with the method."""
+        best = self.state.best_step
+        if best is not None and best != self.state.step:
+            self._load_best(best)
+        self.model.eval()
+        out = self.run_dir / ("model" if method.name in FULL_WEIGHT_METHODS else "adapter")
+        # No stale files from an earlier save; a crash mid-save loses nothing, since the final
+        # checkpoint is already written and `--resume` on a finished run writes the artifact again.
+        shutil.rmtree(out, ignore_errors=True)
+        method.save(self.model, out)
+        return out
+
+    def _load_best(self, step: int) -> None:
+        path = self.run_dir / CHECKPOINTS_DIR / checkpoint_name(step)
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            log.warning("best checkpoint %s is unusable (%s); saving the last step's weights instead", path, problem)
+            return
+        weights = load_file(str(path / "model.safetensors"))
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(weights[name])
+
+    def summary(self, method_name: str, reason: str, memory: facts.MemoryEstimate, model_path: Path | None,
+                peak_flops: float | None) -> dict[str, Any]:
+        """The contents of summary.json (plus replay, curriculum, terms and EWC facts when used)."""
+        from domaintune.models.load import domaintune_home
+
+        base = facts.build_summary(
+            self.model, self.state, method=method_name, reason=reason, total_steps=self.total_steps,
+            epochs=round(self.data.epochs((self.state.epoch, self.state.extra["batch"])), 4), packing=self.packing,
+            memory=memory, records=self.inputs.records, dropped=self.inputs.dropped, n_examples=len(self.train_ex),
+            val_batches=self.val_batches, recipe_yaml=self.recipe_yaml, model_path=model_path,
+            peak_flops=peak_flops, home=domaintune_home())
+        return {**base, **self.inputs.facts}
