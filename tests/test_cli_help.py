@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-COMMANDS = ["prepare", "train", "inspect", "agree", "validate", "recipe", "demo"]
+COMMANDS = ["prepare", "train", "inspect", "eval", "compare", "review", "export", "serve", "chat", "agree", "validate",
+            "recipe", "demo"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -12,8 +12,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_demo_prepare_on_bundled_data(tmp_path):
-    result = api.demo(str(tmp_path / "demo"))
-    report = result["prepare"]
+    report = api.prepare(api.demo_recipe(str(tmp_path / "demo")), progress=False)
     totals = report["totals"]
     assert totals["balanced"] and totals["rows_in"] > 2000
     assert report["tokens"]["unit"] == "model tokens"

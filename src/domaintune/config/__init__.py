@@ -8,12 +8,13 @@ and the CLI builds `--help` from the field descriptions without importing torch.
 
 Modules: `base` (Section, YAML with line numbers, error formatting, `field_help`), `prepare`,
 `methods` (one options class per method, the `MethodConfig` union), `train` (TrainConfig and the
-sections against forgetting), `recipe` (ModelConfig, Recipe, `load_recipe`).
+sections against forgetting), `evaluate` (EvalConfig, CompareConfig), `recipe` (ModelConfig, Recipe, `load_recipe`).
 """
 
 from __future__ import annotations
 
 from domaintune.config.base import Section, field_help
+from domaintune.config.evaluate import CompareConfig, EvalConfig
 from domaintune.config.methods import (METHOD_NAMES, AdapterOptions, DistillOptions, FreezeOptions, FullOptions,
                                        IA3Options, LoraOptions, MethodConfig, PrefixOptions, PromptOptions,
                                        QLoraOptions)
@@ -24,7 +25,7 @@ from domaintune.config.train import (CurriculumConfig, EwcConfig, LayerGroupConf
                                      TrainConfig)
 
 __all__ = [
-    "METHOD_NAMES", "AdapterOptions", "ChunkConfig", "CleanConfig", "CurriculumConfig", "DedupConfig",
+    "METHOD_NAMES", "AdapterOptions", "ChunkConfig", "CleanConfig", "CompareConfig", "EvalConfig", "CurriculumConfig", "DedupConfig",
     "DistillOptions", "EwcConfig", "FreezeOptions", "FullOptions", "IA3Options", "InputSpec", "LayerGroupConfig",
     "LoraOptions", "MethodConfig", "MixConfig", "ModelConfig", "PiiConfig", "PrefixOptions", "PrepareConfig",
     "PromptOptions", "QLoraOptions", "Recipe", "RegexRule", "ReplayConfig", "Section", "SplitConfig",

@@ -1,4 +1,4 @@
-"""The whole recipe (`model:`, `prepare:`, `train:`) and `load_recipe`: YAML, flags and `--set`, validated.
+"""The whole recipe (`model:`, `prepare:`, `train:`, `eval:`, `compare:`) and `load_recipe`: YAML, flags and `--set`, validated.
 
     recipe = load_recipe("recipe.yaml", overrides=["prepare.seed=3"])
 
@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from domaintune.config.base import Section, deep_merge, format_errors, parse_overrides, read_yaml
+from domaintune.config.evaluate import CompareConfig, EvalConfig
 from domaintune.config.prepare import PrepareConfig
 from domaintune.config.train import TrainConfig
 from domaintune.errors import UserError
@@ -29,6 +30,8 @@ class Recipe(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
 
 def load_recipe(path: str | None = None, overrides: list[str] | None = None,

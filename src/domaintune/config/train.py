@@ -120,6 +120,11 @@ class TrainConfig(Section):
     term_weight: float = Field(2.0, gt=0, description="Loss weight of the tokens of dictionary terms "
                                                       "(train.terms); other tokens weigh 1.")
 
+    domains: list[str] = Field(default_factory=list, description="Multi-domain: one adapter per domain tag, "
+                               "trained in one run on the records whose metadata field `domain_field` names it, "
+                               "saved side by side as adapters/<domain>/ for the server's router.")
+    domain_field: str = Field("domain", description="Metadata key holding each record's domain tag (with domains).")
+
     @field_validator("method", mode="before")
     @classmethod
     def _default_method(cls, value: Any) -> Any:
@@ -133,6 +138,15 @@ class TrainConfig(Section):
         # Compared with the default, not "was it set": a dumped recipe (recipe.resolved.yaml) sets every key.
         if self.terms is None and self.term_weight != TrainConfig.model_fields["term_weight"].default:
             raise ValueError("train.term_weight needs train.terms (the terminology dictionary)")
+        return self
+
+    @model_validator(mode="after")
+    def _domains_alone(self) -> TrainConfig:
+        if self.domains and self.stages:
+            raise ValueError("train.domains and train.stages cannot be combined; run the stages per domain "
+                             "in separate recipes")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError("train.domains lists a domain twice")
         return self
 
     def stage_configs(self) -> list[TrainConfig]:

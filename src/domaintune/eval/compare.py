@@ -43,7 +43,7 @@ def compare_results(a: EvalResult, b: EvalResult, names: tuple[str, str] = ("A",
     Raises:
         UserError: the two evaluations are not of the same examples.
     """
-    _check_paired(a, b)
+    check_paired(a, b)
     b_scored = b.predictions[0].get("scores", {})
     shared = metrics or [k for k in a.predictions[0].get("scores", {}) if k in b_scored and k not in NOT_TESTED]
     tests = {}
@@ -59,7 +59,8 @@ def compare_results(a: EvalResult, b: EvalResult, names: tuple[str, str] = ("A",
             "n": len(a.predictions), "tests": tests, "examples": _disagreements(a, b)}
 
 
-def _check_paired(a: EvalResult, b: EvalResult) -> None:
+def check_paired(a: EvalResult, b: EvalResult) -> None:
+    """Raise a UserError unless both evaluations scored the same examples in the same order."""
     if len(a.predictions) != len(b.predictions) or not a.predictions:
         raise UserError(f"the evaluations scored different numbers of examples ({len(a.predictions)} vs "
                         f"{len(b.predictions)})", hint="evaluate both models on the same --data file")

@@ -208,13 +208,19 @@ def _device(model: Any) -> torch.device:
 
 # ---- sampling ----------------------------------------------------------------------------------
 
+# Below this temperature logits / T overflows float32 to inf (multinomial then fails): decode
+# greedily, as vLLM does. A top_p below float32's resolution would drop every token.
+MIN_TEMPERATURE = 1e-5
+MIN_TOP_P = 1e-6
+
+
 class _Sampler:
     """Picks one row's next token; owns the row's generator so rows never share draws."""
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
         self.params = params
         self.generator: torch.Generator | None = None
-        if params.temperature > 0:
+        if params.temperature >= MIN_TEMPERATURE:
             self.generator = torch.Generator(device=device)
             if params.seed is None:
                 self.generator.seed()
@@ -227,7 +233,7 @@ class _Sampler:
             return int(logits.argmax())
         probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
         if self.params.top_p < 1:
-            probs = _nucleus(probs, self.params.top_p)
+            probs = _nucleus(probs, max(self.params.top_p, MIN_TOP_P))
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 

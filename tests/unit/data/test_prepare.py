@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domaintune import api
+from domaintune.api import data as api_data
 from domaintune.config import load_recipe
 from domaintune.errors import UserError
 
@@ -208,7 +209,7 @@ def test_length_limit_stays_exact_when_lengths_are_sampled(tmp_path, monkeypatch
 
     cfg = load_recipe(None, base={"prepare": {"inputs": [{"path": data}], "output_dir": str(tmp_path / "o"),
                                               "max_tokens": 500, "dedup": {"near": False}}}).prepare
-    report = pipeline.prepare_data(cfg, api._row_processor(cfg, ()), count)
+    report = pipeline.prepare_data(cfg, api_data._row_processor(cfg, ()), count)
     assert report["reject_reasons"] == {"too_long": 1}
     assert sum(counted) == 5 + 1                # the exact head (rows 0-4) and the one that may be too long
     assert report["tokens"]["sampled"] is True

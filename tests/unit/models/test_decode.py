@@ -218,3 +218,14 @@ def test_prompt_tuning_takes_uncached_path_and_matches_peft(tiny_llama, prompts,
         ref = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8,
                              do_sample=False, pad_token_id=pad)
         assert ref[0, -8:].tolist() == gen.token_ids
+
+
+def test_tiny_temperature_and_top_p_do_not_crash(tiny_llama):
+    # Found by the server's fuzz test: T=1e-300 overflowed logits/T to inf; top_p=5e-57 dropped every token.
+    from domaintune.models.load import load_model
+
+    model = load_model(tiny_llama).eval()
+    greedy = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=3), 0)[0].token_ids
+    tiny_t = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=3, temperature=1e-300, seed=1), 0)
+    tiny_p = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=3, temperature=1.0, top_p=5e-57, seed=1), 0)
+    assert tiny_t[0].token_ids == greedy and tiny_p[0].token_ids == greedy

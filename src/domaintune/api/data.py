@@ -1,7 +1,4 @@
-"""The Python API: one function per CLI command, each a few named steps.
-
-This is the only module that reads a whole `Recipe`; it hands each component its own section or
-flat arguments.
+"""The data commands of the Python API: prepare, inspect, agree, and the shipped recipes and datasets.
 
     from domaintune import api
     from domaintune.config import load_recipe
@@ -19,6 +16,7 @@ from domaintune.config import Recipe
 from domaintune.errors import UserError
 
 RECIPES = "recipes"
+BUNDLED = "bundled:"
 
 
 def prepare(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -38,8 +36,7 @@ def prepare(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
     cfg = recipe.prepare
     for spec in cfg.inputs:
-        if spec.path.startswith("bundled:"):
-            spec.path = str(bundled_dataset(spec.path.removeprefix("bundled:")))
+        spec.path = resolve_path(spec.path)
     tokenizer, count_tokens, special = _tokenizer_parts(recipe)
     processor = _row_processor(cfg, special)
     with _progress_bar(cfg, progress) as advance:
@@ -129,39 +126,6 @@ def inspect(recipe: Recipe, path: str, show: int = 3):
                            train_on_prompt=recipe.train.train_on_prompt)
 
 
-def train(recipe: Recipe, resume: bool = False, force: bool = False, progress: bool = True):
-    """Fine-tune the recipe's model on prepared data with the recipe's method.
-
-    Returns:
-        A `TrainResult` (run folder, steps, best and base validation loss, summary).
-
-    Example:
-        >>> result = train(load_recipe("recipes/cpu_demo.yaml"))  # doctest: +SKIP
-        >>> result.best_val_loss < result.base_val_loss            # doctest: +SKIP
-        True
-    """
-    import yaml
-
-    from domaintune.methods import get_method
-    from domaintune.models.load import load_model, load_tokenizer, resolve_model
-    from domaintune.models.templates import get_template
-    from domaintune.train.data import load_split
-    from domaintune.train.loop import run_training
-
-    cfg, model_cfg = recipe.train.model_copy(deep=True), recipe.model  # a copy: the saved recipe keeps 'bundled:'
-    for part, key in ((cfg.replay, "data"), (cfg.ewc, "reference")):
-        if part is not None and getattr(part, key).startswith("bundled:"):
-            setattr(part, key, str(bundled_dataset(getattr(part, key).removeprefix("bundled:"))))
-    data = Path(cfg.data_dir)
-    tokenizer = load_tokenizer(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
-    model = load_model(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
-    return run_training(
-        model, tokenizer, get_template(model_cfg.template, tokenizer), get_method(cfg.method.method), cfg.method,
-        load_split(data / "train.jsonl"), load_split(data / "val.jsonl"), cfg, Path(cfg.output_dir),
-        recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
-        resume=resume, force=force, model_path=resolve_model(model_cfg.name), progress=progress)
-
-
 def agree(path: str, threshold: float = 0.6):
     """Inter-annotator agreement (Cohen's kappa for two raters, Fleiss' for more) with pass/fail.
 
@@ -201,16 +165,8 @@ def bundled_dataset(name: str = "icd10_chapters.jsonl") -> Path:
         return path
 
 
-def demo(output_dir: str = "demo_out") -> dict[str, Any]:
-    """The main job on the embedded model: prepare the bundled medical-coding data (more steps follow).
 
-    Example:
-        >>> demo("demo_out")["prepare"]["totals"]["balanced"]  # doctest: +SKIP
-        True
-    """
-    from domaintune.config import load_recipe
 
-    with resources.as_file(resources.files("domaintune") / RECIPES / "cpu_demo.yaml") as path:
-        recipe = load_recipe(str(path))
-    recipe.prepare.output_dir = str(Path(output_dir) / "data")
-    return {"prepare": prepare(recipe)}
+def resolve_path(path: str) -> str:
+    """A recipe path as a real path: `bundled:NAME` names a dataset shipped in the package."""
+    return str(bundled_dataset(path.removeprefix(BUNDLED))) if path.startswith(BUNDLED) else path

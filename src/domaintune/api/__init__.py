@@ -1,0 +1,28 @@
+"""The Python API: one function per CLI command, each a few named steps.
+
+This package is the only place that reads a whole `Recipe`; it hands each component its own
+section or flat arguments. The CLI is a thin shell over these functions.
+
+    from domaintune import api
+    from domaintune.config import load_recipe
+    recipe = load_recipe("recipe.yaml")
+    api.prepare(recipe)
+    run = api.train(recipe)
+    result, paths = api.evaluate(recipe, adapter=str(run.run_dir))
+
+Modules: `data` (prepare, inspect, agree, shipped recipes and datasets), `training` (train),
+`evaluation` (evaluate, compare, review), `deploy` (export, serve, chat), `demo`.
+"""
+
+from __future__ import annotations
+
+from domaintune.api.data import (agree, bundled_dataset, copy_recipe, inspect, prepare, recipe_names,
+                                 resolve_path)
+from domaintune.api.demo import demo, demo_recipe
+from domaintune.api.deploy import chat, export, serve
+from domaintune.api.evaluation import compare, evaluate, load_for_eval, review_export, review_import
+from domaintune.api.training import train
+
+__all__ = ["agree", "bundled_dataset", "chat", "compare", "copy_recipe", "demo", "demo_recipe", "evaluate", "export",
+           "inspect", "load_for_eval", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
+           "serve", "train"]

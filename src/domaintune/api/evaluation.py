@@ -1,0 +1,172 @@
+"""`api.evaluate`, `api.compare` and human review: held-out evidence for a tuned model.
+
+    result, paths = api.evaluate(recipe, adapter="runs/demo")          # report.html in recipe.eval.output_dir
+    out = api.compare(recipe, "runs/eval-base", "runs/eval-tuned", output_dir="runs/compare")
+
+`compare` takes two evaluation folders (the cheap way: nothing is generated again) or two models:
+"base" (the recipe's model), a run folder, or an adapter folder, each evaluated first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from domaintune.api.data import resolve_path
+from domaintune.config import Recipe
+from domaintune.errors import UserError
+
+COMPARE_JSON, COMPARE_HTML = "compare.json", "compare.html"
+
+
+@dataclass
+class Loaded:
+    """A model ready to evaluate and what it is (for the report header)."""
+
+    model: Any
+    tokenizer: Any
+    template: Any
+    describe: dict[str, Any]
+    loss_curve: Path | None = None
+
+
+def load_for_eval(recipe: Recipe, adapter: str | None = None, model: str | None = None) -> Loaded:
+    """The recipe's base model, or base + a trained adapter (or a fully trained model).
+
+    Args:
+        recipe: its `model` section gives the base and template unless the run says otherwise.
+        adapter: a run folder or an adapter/model folder written by `domaintune train`.
+        model: an explicit base model spec; wins over the run's recorded base.
+    """
+    from domaintune.methods.artifact import find_artifact, load_artifact
+    from domaintune.models.load import load_model, load_tokenizer
+    from domaintune.models.templates import get_template
+
+    art = find_artifact(adapter) if adapter else None
+    base = model or (art.base if art and art.base else recipe.model.name)
+    template_name = art.template if art and art.template and recipe.model.template == "auto" else recipe.model.template
+    trust = recipe.model.trust_remote_code
+    tokenizer = load_tokenizer(base, trust_remote_code=trust)
+    net = load_artifact(art, base=base, trust_remote_code=trust) if art else load_model(base, trust_remote_code=trust)
+    describe = {"name": base, "adapter": str(art.folder) if art else None, "method": art.method if art else None,
+                "template": template_name}
+    curve = art.run_dir / "loss.png" if art and art.run_dir and (art.run_dir / "loss.png").is_file() else None
+    return Loaded(net.eval(), tokenizer, get_template(template_name, tokenizer), describe, curve)
+
+
+def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = None, *,
+             output_dir: str | None = None, loaded: Loaded | None = None,
+             step: Callable[[str], None] | None = None):
+    """Evaluate a model on the recipe's eval data and write report.json, predictions.jsonl, report.html.
+
+    Args:
+        recipe: the `eval` section says what to measure; `model` what to load.
+        adapter, model: see `load_for_eval`.
+        output_dir: overrides `eval.output_dir`.
+        loaded: an already loaded model (the demo evaluates one base several ways).
+        step: progress callback, called with each step's name.
+
+    Returns:
+        `(EvalResult, {"report", "predictions", "html": Path})`.
+
+    Example:
+        >>> result, paths = evaluate(load_recipe("recipe.yaml"), adapter="runs/demo")  # doctest: +SKIP
+        >>> result.report["metrics"]["accuracy"]                                      # doctest: +SKIP
+        71.4
+    """
+    from domaintune.eval.evaluate import EvalSettings, write_eval
+    from domaintune.eval.evaluate import evaluate as run_eval
+    from domaintune.train.data import load_split
+
+    cfg = recipe.eval
+    data = load_split(resolve_path(cfg.data))
+    records = list(data[:cfg.max_examples] if cfg.max_examples else data)
+    loaded = loaded or load_for_eval(recipe, adapter, model)
+    train_file = Path(resolve_path(cfg.few_shot_pool)) if cfg.few_shot_pool else data.path.parent / "train.jsonl"
+    pool = load_split(train_file) if train_file.is_file() else None
+    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed, batch_size=cfg.batch_size, few_shot=cfg.few_shot,
+                            few_shot_by=cfg.few_shot_by, label_field=cfg.label_field, text_metrics=cfg.text_metrics,
+                            json_fields=cfg.json_fields, max_len=cfg.max_len, latency_prompts=cfg.latency_prompts,
+                            latency_tokens=cfg.latency_tokens)
+    describe = {**loaded.describe, "data": str(data.path), "data_sha256": data.sha256}
+    result = run_eval(loaded.model, loaded.tokenizer, loaded.template, records, settings,
+                      pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,
+                      training_texts=_answers(pool) if cfg.leak_check and pool else None, step=step)
+    paths = write_eval(result, Path(output_dir or cfg.output_dir), loss_curve=loaded.loss_curve)
+    return result, paths
+
+
+def _general(cfg: Any) -> list[dict] | None:
+    if not cfg.general:
+        return None
+    from domaintune.train.data import load_split
+
+    return list(load_split(resolve_path(cfg.general))[:cfg.general_max])
+
+
+def _answers(records: Any) -> list[str]:
+    return [m["content"] for r in records for m in r.get("messages", ()) if m.get("role") == "assistant"]
+
+
+def compare(recipe: Recipe, a: str, b: str, *, output_dir: str = "runs/compare",
+            names: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Paired tests of two evaluations (folders) or two models on the recipe's eval data.
+
+    Args:
+        recipe: eval settings (for models that must be evaluated first) and compare settings.
+        a, b: an evaluation folder (holds report.json), "base", or a run/adapter folder.
+        output_dir: where compare.json and compare.html go (and the evaluations of models).
+        names: display names (default: the folder names).
+
+    Returns:
+        The comparison dict (`eval.compare.compare_results`) plus `"html"`: the report path.
+    """
+    from domaintune.eval.compare import compare_results
+    from domaintune.eval.report import render_compare_report
+
+    out = Path(output_dir)
+    sides = [_evaluation(recipe, spec, out / f"eval-{tag}") for spec, tag in ((a, "a"), (b, "b"))]
+    names = names or (_name(a), _name(b))
+    result = compare_results(*sides, names, metrics=recipe.compare.metrics, n_resamples=recipe.compare.bootstrap)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / COMPARE_JSON).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {**result, "html": render_compare_report(result, out / COMPARE_HTML)}
+
+
+def _evaluation(recipe: Recipe, spec: str, out: Path):
+    from domaintune.eval.evaluate import REPORT_FILE, read_eval
+
+    if (Path(spec) / REPORT_FILE).is_file():
+        return read_eval(Path(spec))
+    if spec != "base" and not Path(spec).is_dir():
+        raise UserError(f"'{spec}' is neither an evaluation folder nor a run folder",
+                        hint="pass folders written by `domaintune eval -o` or `domaintune train`, or 'base'")
+    return evaluate(recipe, adapter=None if spec == "base" else spec, output_dir=str(out))[0]
+
+
+def _name(spec: str) -> str:
+    return spec if spec == "base" else Path(spec).resolve().name
+
+
+def review_export(a: str, b: str, output_dir: str, *, seed: int = 0, limit: int | None = None) -> dict[str, Path]:
+    """A blinded review sheet (CSV + HTML) of two evaluations' answers to the same prompts."""
+    from domaintune.eval.compare import check_paired
+    from domaintune.eval.evaluate import read_eval
+    from domaintune.eval.review import export_review
+
+    left, right = read_eval(Path(a)), read_eval(Path(b))
+    check_paired(left, right)
+    rows = [{"id": str(i + 1), "prompt": x["prompt"], "reference": x["reference"], "output_a": x["prediction"],
+             "output_b": y["prediction"]} for i, (x, y) in enumerate(zip(left.predictions, right.predictions))]
+    return export_review(rows[:limit] if limit else rows, output_dir, seed=seed, names=(_name(a), _name(b)))
+
+
+def review_import(sheets: list[str], key: str) -> dict[str, Any]:
+    """Scores read back from filled sheets: means, A/B preference with a sign test, and kappa."""
+    from domaintune.eval.review import import_review
+
+    return import_review(sheets, key)

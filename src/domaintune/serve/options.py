@@ -1,0 +1,74 @@
+"""The server's settings as one flat, typed object (`api.serve` fills it from the recipe and flags).
+
+    ServeOptions(max_batch_size=8, batch_window_ms=15, api_key="sk-local", request_log="requests.jsonl")
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from domaintune.errors import UserError
+
+API_KEY_ENV = "DOMAINTUNE_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server batches, limits and records requests.
+
+    Attributes:
+        max_batch_size: most rows (choices) decoded together; 1 turns batching off.
+        batch_window_ms: how long the oldest waiting request waits for others to join its batch.
+        max_queue: most requests waiting for the model; one more is answered 429.
+        retry_after_s: the Retry-After a 429 carries.
+        request_timeout_s: deadline of each request, from arrival to its last token (504 after).
+        max_tokens_limit: the largest `max_tokens` a request may ask for.
+        default_max_tokens: `max_tokens` when a request gives none (cut to what fits the context).
+        max_n: most choices per request (`n`, times the number of prompts for /v1/completions).
+        max_body_bytes: largest request body accepted (413 beyond).
+        cache_size: entries of the exact-match cache for greedy requests (0: off).
+        request_log: JSONL file each completion request is appended to (None: no log).
+        api_key: the key clients must send as "Authorization: Bearer KEY" (None: open).
+
+    Example:
+        >>> ServeOptions(max_batch_size=1).max_batch_size
+        1
+    """
+
+    max_batch_size: int = 8
+    batch_window_ms: float = 15.0
+    max_queue: int = 64
+    retry_after_s: int = 1
+    request_timeout_s: float = 120.0
+    max_tokens_limit: int = 2048
+    default_max_tokens: int = 256
+    max_n: int = 8
+    max_body_bytes: int = 1 << 20
+    cache_size: int = 0
+    request_log: str | None = None
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = {"max_batch_size": self.max_batch_size >= 1, "batch_window_ms": self.batch_window_ms >= 0,
+                  "max_queue": self.max_queue >= 1, "retry_after_s": self.retry_after_s >= 0,
+                  "request_timeout_s": self.request_timeout_s > 0, "max_tokens_limit": self.max_tokens_limit >= 1,
+                  "default_max_tokens": 1 <= self.default_max_tokens <= self.max_tokens_limit,
+                  "max_n": self.max_n >= 1, "max_body_bytes": self.max_body_bytes >= 1024,
+                  "cache_size": self.cache_size >= 0}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise UserError(f"serve settings out of range: {', '.join(bad)}",
+                            hint="sizes and limits are positive; default_max_tokens <= max_tokens_limit")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UserError("the API key is empty", hint=f"pass --api-key KEY or set {API_KEY_ENV}, or neither")
+
+
+def resolve_api_key(flag: str | None) -> str | None:
+    """The API key: the `--api-key` flag, else `$DOMAINTUNE_API_KEY`, else None (no auth).
+
+    Example:
+        >>> resolve_api_key("sk-1")
+        'sk-1'
+    """
+    return flag if flag is not None else (os.environ.get(API_KEY_ENV) or None)
