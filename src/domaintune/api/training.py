@@ -89,10 +89,17 @@ def _train_domains(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split
                             file=str(train_split.path),
                             hint=f"tag records with metadata.{cfg.domain_field}, or fix train.domains")
         results[domain] = _run(recipe, cfg, train_d, val_d, root / DOMAINS_DIR / domain, resume, force, progress)
-        target = root / ADAPTERS_DIR / domain
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(results[domain].artifact, target)
+        if _is_main_process():  # under a launcher, one process writes
+            target = root / ADAPTERS_DIR / domain
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(results[domain].artifact, target)
     return results
+
+
+def _is_main_process() -> bool:
+    from domaintune.train.distributed import init_distributed
+
+    return init_distributed().main
 
 
 def _domain_split(split: Any, field: str, domain: str) -> Any:

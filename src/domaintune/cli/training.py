@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from domaintune.cli.common import put, recipe_args
@@ -36,6 +37,8 @@ def run_train(a: argparse.Namespace) -> int:
         flags["method"] = {"method": a.method}
     base = {"train": flags, **({"model": {"name": a.model}} if a.model else {})}
     result = api.train(load_recipe(a.config, a.set, base=base), resume=a.resume, force=a.force)
+    if os.environ.get("RANK", "0") != "0":  # under accelerate/torchrun, rank 0 reports
+        return 0
     for domain, one in (result.items() if isinstance(result, dict) else [(None, result)]):
         _print_run(one, domain)
     return 0

@@ -273,8 +273,13 @@ class BatchStream:
             self._cache = {epoch: rows}
         return self._cache[epoch]
 
-    def take(self, epoch: int, index: int, n: int) -> tuple[list[dict[str, torch.Tensor]], tuple[int, int], int]:
-        """The next `n` collated micro-batches from (epoch, index), the position after, and their example count."""
+    def take(self, epoch: int, index: int, n: int,
+             part: tuple[int, int] = (0, 1)) -> tuple[list[dict[str, torch.Tensor]], tuple[int, int], int]:
+        """The next `n` collated micro-batches from (epoch, index), the position after, and their example count.
+
+        With `part=(r, W)` (process r of W, `train/distributed.py`), only micro-batches r, r+W, ...
+        of the `n` are collated; the position and the example count are still those of all `n`.
+        """
         rows: list[list[int]] = []
         while len(rows) < n:
             if index >= len(self.rows(epoch)):
@@ -282,7 +287,8 @@ class BatchStream:
                 continue
             rows.append(self.rows(epoch)[index])
             index += 1
-        return (collate_rows(self.examples, rows, self.packing, self.pad_id), (epoch, index),
+        rank, world = part
+        return (collate_rows(self.examples, rows[rank::world], self.packing, self.pad_id), (epoch, index),
                 sum(len(r) for r in rows))
 
     def epochs(self, position: tuple[int, int]) -> float:

@@ -16,6 +16,8 @@ No HF Trainer: its checkpoints pickle the optimizer and RNG states, ours are saf
   CPU resume bit-identical. Ctrl-C checkpoints (mid-accumulation if need be) and stops.
 * `train/inputs.py` + `train/forgetting.py`: replay, curriculum, term weights, EWC reference.
 * `train/stages.py`: `train.stages`, one run per stage, the model carried over.
+* `train/distributed.py`: the same recipe under `accelerate launch` (data parallel; process 0
+  writes), e.g. `accelerate launch --multi_gpu --num_processes 2 -m domaintune train --config r.yaml`.
 * fp32 on CPU; fp32 master weights with bf16 autocast on CUDA.
 """
 
@@ -30,8 +32,10 @@ import torch
 from rich.console import Console
 
 from domaintune.config import TrainConfig
+from domaintune.errors import UserError
 from domaintune.methods.base import trainable_report
 from domaintune.train.data import load_split
+from domaintune.train.distributed import Dist, broadcast_parameters, init_distributed, rank_seed
 from domaintune.train.inputs import build_inputs
 from domaintune.train.loss import causal_lm_loss
 from domaintune.train.run import (FULL_WEIGHT_METHODS, RECIPE_FILE, SUMMARY_FILE, Shared, TrainResult, seed_all,
@@ -77,24 +81,36 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
     Returns:
         A `TrainResult`.
 
+    Under `accelerate launch` (WORLD_SIZE > 1) every process calls this with the same arguments;
+    `train.grad_accum` is then per process and only process 0 writes (see `train/distributed.py`).
+
     Raises:
         UserError: nothing to train, old checkpoints without resume/force, a changed recipe on
-            resume, too little disk, a missing replay/reference/terms file, or a loss that became NaN.
+            resume, too little disk, a missing replay/reference/terms file, a loss that became NaN,
+            or `train.stages` under several processes.
         KeyboardInterrupt: after Ctrl-C, once a checkpoint is saved.
 
     Example:
         >>> result = run_training(model, tok, tpl, get_method("lora"), LoraOptions(), train, val,
         ...                       TrainConfig(max_steps=20), Path("runs/a"), "train: {}")  # doctest: +SKIP
     """
+    dist = init_distributed()
+    if cfg.stages and dist.active:
+        raise UserError("train.stages cannot run under several processes yet",
+                        hint="run each stage as its own recipe, or launch one process")
     seed_all(cfg.seed)
-    torch.set_num_threads(cfg.threads or _usable_cores())
+    torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist.local_world))
     configs = cfg.stage_configs()
     inputs = [build_inputs(*_stage_records(k, cfg, train_records, val_records), stage, tokenizer, template)
               for k, stage in enumerate(configs)]
-    model = _prepare_model(model, method, method_opts, cfg, model_path)
+    model = _prepare_model(model, method, method_opts, cfg, model_path, dist)
+    if dist.active:
+        broadcast_parameters({n: p for n, p in model.named_parameters() if p.requires_grad}, dist)
+        if not dist.main:  # dropout and noise differ between processes; process 0 draws as one process would
+            seed_all(rank_seed(cfg.seed, dist))
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     shared = Shared(model, method, pad_id, recipe_yaml, loss_fn or causal_lm_loss, model_path, callbacks, progress,
-                    peak_flops)
+                    peak_flops, dist)
     if cfg.stages:
         return run_stages(shared, configs, inputs, Path(run_dir), resume, force)
     return train_run(shared, cfg, inputs[0], Path(run_dir), resume, force)
@@ -114,13 +130,14 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _prepare_model(model: Any, method: Any, opts: Any, cfg: TrainConfig, model_path: Path | None) -> Any:
+def _prepare_model(model: Any, method: Any, opts: Any, cfg: TrainConfig, model_path: Path | None, dist: Dist) -> Any:
     model = method.apply(model, opts, tokenizer_path=model_path)
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dist.device)
     if cfg.gradient_checkpointing:
         # transformers 5.x renamed it; the old name still works there, with a FutureWarning.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
     model.train()
-    _console.print(f"{method.name}: {trainable_report(model)}")
+    if dist.main:
+        _console.print(f"{method.name}: {trainable_report(model)}")
     return model

@@ -6,8 +6,10 @@
 
 A checkpoint is written every `save_every` steps, at every new best validation loss (so the best
 weights survive a crash) and at the end; the saved artifact holds the BEST step's weights. With
-EWC, the penalty's gradient is added once per optimizer step, after all micro-batches, so a
-resume mid-accumulation adds it at the same point of the same sum.
+EWC, the penalty's gradient is added once per optimizer step, after all micro-batches (and after
+the gradients are summed over processes, so it counts once), so a resume mid-accumulation adds it
+at the same point of the same sum. Under `accelerate launch`, `shared.dist` says which process
+this is; only process 0 writes files (`train/distributed.py` has the design).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from domaintune.train.checkpoint import (CHECKPOINTS_DIR, TrainState, check_free
                                          checkpoint_name, checkpoint_problem, latest_checkpoint, load_checkpoint,
                                          save_checkpoint)
 from domaintune.train.data import BatchStream, collate_rows, epoch_batches
+from domaintune.train.distributed import (Dist, accumulate_across, barrier, broadcast_object, check_world, gather_rng,
+                                          rank_seed, restore_rank_rng, validation_loss_across)
 from domaintune.train.forgetting import EWC_FILE, Ewc, build_ewc
 from domaintune.train.inputs import Inputs
 from domaintune.train.loss import packing_supported
 from domaintune.train.rng import capture_rng, restore_rng
-from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune, validation_loss
+from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune
 
 log = logging.getLogger(__name__)
 _console = Console(stderr=True)
@@ -87,6 +91,7 @@ class Shared:
     callbacks: Sequence[Any] = ()
     progress: bool = True
     peak_flops: float | None = None
+    dist: Dist = field(default_factory=Dist)
 
 
 def seed_all(seed: int) -> None:
@@ -111,20 +116,24 @@ def train_run(shared: Shared, cfg: TrainConfig, inputs: Inputs, run_dir: Path, r
     Returns:
         The `TrainResult`.
     """
-    run = Run(shared.model, cfg, run_dir, shared.recipe_yaml, inputs, shared.pad_id, shared.loss_fn)
+    dist = shared.dist
+    run = Run(shared.model, cfg, run_dir, shared.recipe_yaml, inputs, shared.pad_id, shared.loss_fn, dist)
     memory = run.preflight(shared.method.name)
     run.start(resume, force)
     stop = GracefulStop()
-    callbacks = [MetricsLog(run_dir), ProgressBar(shared.progress), stop, *shared.callbacks]
+    callbacks = [MetricsLog(run_dir), ProgressBar(shared.progress), stop, *shared.callbacks] if dist.main else [stop]
     try:
         notify(callbacks, "on_train_start", {"total_steps": run.total_steps, "step": run.state.step,
                                              "run_dir": run_dir})
         with neftune(shared.model, cfg.neftune_alpha):
             reason = run.fit(callbacks, stop)
         artifact = run.save_artifact(shared.method)
-        summary = run.summary(shared.method.name, reason, memory, shared.model_path, shared.peak_flops)
-        facts.write_summary(run_dir / SUMMARY_FILE, summary)
-        plot_losses(run_dir / METRICS_FILE, run_dir / PLOT_FILE)
+        summary = None
+        if dist.main:
+            summary = run.summary(shared.method.name, reason, memory, shared.model_path, shared.peak_flops)
+            facts.write_summary(run_dir / SUMMARY_FILE, summary)
+            plot_losses(run_dir / METRICS_FILE, run_dir / PLOT_FILE)
+        summary = broadcast_object(summary, dist)  # every process returns the same result
         notify(callbacks, "on_train_end", summary)
     finally:
         notify(callbacks, "on_close")
@@ -134,29 +143,37 @@ def train_run(shared: Shared, cfg: TrainConfig, inputs: Inputs, run_dir: Path, r
                        summary, reason, artifact)
 
 
-def clear_old_checkpoints(run_dir: Path, force: bool) -> None:
+def clear_old_checkpoints(run_dir: Path, force: bool, dist: Dist | None = None) -> None:
     """For a fresh start: refuse a folder holding checkpoints, or delete them when forced.
+
+    With several processes every one looks first (so all refuse alike), then process 0 deletes.
 
     Raises:
         UserError: the folder holds checkpoints and `force` is False.
     """
+    dist = dist or Dist()
     folder = Path(run_dir) / CHECKPOINTS_DIR
-    if not (folder.is_dir() and any(folder.iterdir())):
+    occupied = folder.is_dir() and any(folder.iterdir())
+    barrier(dist)
+    if not occupied:
         return
     if not force:
         raise UserError("the run folder already holds checkpoints", file=str(run_dir),
                         hint="pass --resume to continue that run, --force to start over "
                              "(deletes them), or set train.output_dir to a new folder")
-    shutil.rmtree(folder)
+    if dist.main:
+        shutil.rmtree(folder)
 
 
 class Run:
     """One training run: its model, optimizer, data position and checkpoints."""
 
     def __init__(self, model: Any, cfg: TrainConfig, run_dir: Path, recipe_yaml: str, inputs: Inputs, pad_id: int,
-                 loss_fn: LossFn) -> None:
+                 loss_fn: LossFn, dist: Dist | None = None) -> None:
         model.train()  # a later stage gets the model back in eval mode from the previous stage's save
         self.model, self.cfg, self.run_dir, self.recipe_yaml = model, cfg, Path(run_dir), recipe_yaml
+        self.dist = dist = dist or Dist()
+        self.accum = cfg.grad_accum * dist.world  # micro-batches per step, over every process
         self.inputs, self.train_ex, self.pad_id, self.loss_fn = inputs, inputs.train, pad_id, loss_fn
         self.packing = cfg.packing and packing_supported(model)
         if cfg.packing and not self.packing:
@@ -171,12 +188,15 @@ class Run:
                                                         self._layer_groups()))
         order = {id(p): n for n, p in self.params.items()}
         self.names = [order[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
-        self.total_steps = cfg.max_steps or max(1, math.ceil(self.data.batches_in(cfg.epochs) / cfg.grad_accum))
+        self.total_steps = cfg.max_steps or max(1, math.ceil(self.data.batches_in(cfg.epochs) / self.accum))
         warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
         self.schedule = partial(lr_factor, warmup=warmup, total=self.total_steps, kind=cfg.scheduler)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.state = TrainState(data_order_seed=cfg.seed, extra=self._fresh_extra())
+        if dist.active:
+            self.state.extra["world_size"] = dist.world
         self.ewc: Ewc | None = None
+        self._stop_agreed = False  # a Ctrl-C on any process, agreed on at the end of the step
         self._clock = time.perf_counter()
 
     def _layer_groups(self) -> list[LayerGroup]:
@@ -192,8 +212,13 @@ class Run:
                 "train_seconds": 0.0, "stop_reason": None}
 
     # ---- setup -----------------------------------------------------------------------------------
-    def preflight(self, method_name: str) -> facts.MemoryEstimate:
-        """Print the memory estimate (warn when it exceeds what is free) and check the disk."""
+    def preflight(self, method_name: str) -> facts.MemoryEstimate | None:
+        """Print the memory estimate (warn when it exceeds what is free) and check the disk (process 0 only).
+
+        Under a launcher, a failure here ends the job: torchrun stops the other processes.
+        """
+        if not self.dist.main:
+            return None
         longest = max(len(ex) for ex in self.train_ex)
         row = max(self.cfg.batch_tokens, longest) if self.packing else self.cfg.batch_size * longest
         estimate = facts.report_memory(self.model, row, self.cfg.gradient_checkpointing)
@@ -206,12 +231,14 @@ class Run:
     def start(self, resume: bool, force: bool) -> None:
         """Restore the newest checkpoint (resume), or start fresh in a run folder without one; set up EWC."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        latest = latest_checkpoint(self.run_dir)
+        # Process 0 alone checks the hashes, so every process resumes from the same one.
+        latest = broadcast_object(latest_checkpoint(self.run_dir) if self.dist.main else None, self.dist)
         if resume and latest is None:
             log.warning("no complete checkpoint in %s; starting from scratch", self.run_dir)
         elif not resume:
-            clear_old_checkpoints(self.run_dir, force)
-        (self.run_dir / RECIPE_FILE).write_text(self.recipe_yaml, encoding="utf-8")
+            clear_old_checkpoints(self.run_dir, force, self.dist)
+        if self.dist.main:
+            (self.run_dir / RECIPE_FILE).write_text(self.recipe_yaml, encoding="utf-8")
         restored = resume and latest is not None
         if restored:
             self._restore(latest, force)
@@ -226,8 +253,15 @@ class Run:
                 param.grad = grads[name].to(param.device) if grads is not None and name in grads else None
         if self.state.extra.get("stop_reason") == "completed" and self.state.step < self.total_steps:
             self.state.extra["stop_reason"] = None  # a forced resume with more steps continues
+        extra = self.state.extra
+        check_world(extra.pop("world_size", 1), self.state.micro_step, self.dist, force)
+        if self.dist.active:
+            extra["world_size"] = self.dist.world
         restore_rng(rng)  # nothing after this may draw random numbers before training
-        _console.print(f"resumed from {path.name} (step {self.state.step}, micro-batch {self.state.micro_step})")
+        if not restore_rank_rng(extra.pop("rank_rng", None), self.dist):
+            seed_all(rank_seed(self.cfg.seed, self.dist))  # another process count: a fresh stream
+        if self.dist.main:
+            _console.print(f"resumed from {path.name} (step {self.state.step}, micro-batch {self.state.micro_step})")
 
     def _start_ewc(self, restored: bool) -> None:
         """Load the run's Fisher and anchor (resume), or compute them from the weights as they are now."""
@@ -240,8 +274,9 @@ class Run:
         # Eval mode, no dropout: this draws no random numbers, so the data order and noise are unchanged.
         self.ewc = build_ewc(self.model, self.params, self.inputs.reference, ewc_cfg.samples, self.cfg.seed,
                              self.pad_id, ewc_cfg.weight)
-        extra["ewc_sha256"] = self.ewc.save(path)
-        _console.print(f"ewc: Fisher from {min(ewc_cfg.samples, len(self.inputs.reference))} reference examples")
+        if self.dist.main:  # every process computed the same Fisher; the others resume from this file
+            extra["ewc_sha256"] = self.ewc.save(path)
+            _console.print(f"ewc: Fisher from {min(ewc_cfg.samples, len(self.inputs.reference))} reference examples")
 
     # ---- training --------------------------------------------------------------------------------
     def fit(self, callbacks: Sequence[Any], stop: GracefulStop) -> str:
@@ -256,15 +291,17 @@ class Run:
             done = self.state.step >= self.total_steps
             reason = "early_stopping" if patience_out else ("completed" if done else None)
             self.state.extra["stop_reason"] = reason
-            if reason or improved or self.state.step % self.cfg.save_every == 0 or stop.requested:
+            requested = self._stop_agreed if self.dist.active else stop.requested
+            if reason or improved or self.state.step % self.cfg.save_every == 0 or requested:
                 path = self._save()
-                if stop.requested and not reason:
+                if requested and not reason:
                     raise KeyboardInterrupt(f"training interrupted; checkpoint {path}, continue with --resume")
         return reason
 
     def _train_step(self, stop: GracefulStop) -> dict[str, Any]:
         start, state, extra = time.perf_counter(), self.state, self.state.extra
-        batches, after, n_examples = self.data.take(state.epoch, extra["batch"], self.cfg.grad_accum)
+        dist = self.dist
+        batches, after, n_examples = self.data.take(state.epoch, extra["batch"], self.accum, (dist.rank, dist.world))
         earlier = extra.pop("loss_sum", 0.0)  # loss of micro-batches run before a mid-step resume
 
         def after_micro(done: int, loss_sum: float) -> None:
@@ -273,8 +310,12 @@ class Run:
                 path = self._save()
                 raise KeyboardInterrupt(f"training interrupted; checkpoint {path}, continue with --resume")
 
-        loss_sum, supervised, tokens = accumulate_gradients(self.model, batches, state.micro_step, after_micro,
-                                                            self.loss_fn)
+        if dist.active:  # no checkpoint mid-step: until the step's end, gradients are this process's part only
+            loss_sum, supervised, tokens, self._stop_agreed = accumulate_across(
+                self.model, batches, self.loss_fn, self.params, lambda: stop.requested, dist)
+        else:
+            loss_sum, supervised, tokens = accumulate_gradients(self.model, batches, state.micro_step, after_micro,
+                                                                self.loss_fn)
         loss = (earlier + loss_sum) / supervised
         if not math.isfinite(loss):
             raise UserError(f"the training loss became {loss} at step {state.step + 1}",
@@ -324,7 +365,7 @@ class Run:
         return improved, patience is not None and extra["bad_evals"] >= patience
 
     def _validate(self, callbacks: Sequence[Any]) -> tuple[float | None, bool]:
-        loss = validation_loss(self.model, self.val_batches)
+        loss = validation_loss_across(self.model, self.val_batches, self.dist)
         if loss is None:
             return None, False
         step, state = self.state.step, self.state
@@ -344,25 +385,35 @@ class Run:
 
     def _save(self) -> Path:
         self._elapsed()
+        ranks_rng = gather_rng(self.dist)
+        if not self.dist.main:
+            return self.run_dir / CHECKPOINTS_DIR / checkpoint_name(self.state.step)
+        if ranks_rng is not None:  # the other processes' streams, so a resume continues each of them
+            self.state.extra["rank_rng"] = ranks_rng[1:]
         grads = None
         if self.state.micro_step:
             grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
-        return save_checkpoint(self.run_dir, self.state.step, self.params, self.optimizer, self.scheduler, self.state,
-                               self.recipe_yaml, capture_rng(), keep_last=self.cfg.keep_checkpoints,
-                               accum_grads=grads)
+        try:
+            return save_checkpoint(self.run_dir, self.state.step, self.params, self.optimizer, self.scheduler,
+                                   self.state, self.recipe_yaml, capture_rng(), keep_last=self.cfg.keep_checkpoints,
+                                   accum_grads=grads)
+        finally:
+            self.state.extra.pop("rank_rng", None)
 
     # ---- the end ---------------------------------------------------------------------------------
     def save_artifact(self, method: Any) -> Path:
         """Put the best step's weights into the model and save them with the method."""
+        barrier(self.dist)  # process 0's checkpoints are on disk: every process loads the best one
         best = self.state.best_step
         if best is not None and best != self.state.step:
             self._load_best(best)
         self.model.eval()
         out = self.run_dir / ("model" if method.name in FULL_WEIGHT_METHODS else "adapter")
-        # No stale files from an earlier save; a crash mid-save loses nothing, since the final
-        # checkpoint is already written and `--resume` on a finished run writes the artifact again.
-        shutil.rmtree(out, ignore_errors=True)
-        method.save(self.model, out)
+        if self.dist.main:
+            # No stale files from an earlier save; a crash mid-save loses nothing, since the final
+            # checkpoint is already written and `--resume` on a finished run writes the artifact again.
+            shutil.rmtree(out, ignore_errors=True)
+            method.save(self.model, out)
         return out
 
     def _load_best(self, step: int) -> None:
@@ -387,4 +438,7 @@ class Run:
             memory=memory, records=self.inputs.records, dropped=self.inputs.dropped, n_examples=len(self.train_ex),
             val_batches=self.val_batches, recipe_yaml=self.recipe_yaml, model_path=model_path,
             peak_flops=peak_flops, home=domaintune_home())
+        if self.dist.active:  # tokens/s is the whole job's; MFU is per device
+            base["processes"] = self.dist.world
+            base["mfu"] = base["mfu"] / self.dist.world if base["mfu"] else None
         return {**base, **self.inputs.facts}

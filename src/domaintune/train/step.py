@@ -55,7 +55,8 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def accumulate_gradients(model: Any, batches: Sequence[dict[str, torch.Tensor]], start: int = 0,
                          after_micro: Callable[[int, float], None] | None = None,
-                         loss_fn: LossFn = causal_lm_loss) -> tuple[float, int, int]:
+                         loss_fn: LossFn = causal_lm_loss,
+                         totals: tuple[int, int] | None = None) -> tuple[float, int, int]:
     """Forward and backward over one optimizer step's micro-batches, adding into `.grad`.
 
     Each micro-batch's mean loss is weighted by `n_i / N` (N: supervised tokens of the whole
@@ -68,6 +69,8 @@ def accumulate_gradients(model: Any, batches: Sequence[dict[str, torch.Tensor]],
         after_micro: called with (micro-batches done, loss sum so far) after each backward.
         loss_fn: `(model, batch) -> (mean loss, supervised tokens)`; `causal_lm_loss` by default,
             a distillation loss for `method: distill`.
+        totals: `(supervised, tokens)` of the whole step when `batches` is only this process's
+            share of it (`distributed.step_totals`); None: counted over `batches`.
 
     Returns:
         `(loss_sum, supervised, tokens)`: summed token losses of the micro-batches run, and the
@@ -77,8 +80,10 @@ def accumulate_gradients(model: Any, batches: Sequence[dict[str, torch.Tensor]],
         >>> loss_sum, n, _ = accumulate_gradients(model, [collate_packed(examples)])  # doctest: +SKIP
         >>> optimizer.step()                                                          # doctest: +SKIP
     """
-    counts = [token_counts(b) for b in batches]
-    supervised = sum(n for _, n in counts)
+    if totals is None:
+        counts = [token_counts(b) for b in batches]
+        totals = sum(n for _, n in counts), sum(t for t, _ in counts)
+    supervised, tokens = totals
     device = next(model.parameters()).device
     loss_sum = 0.0
     for i in range(start, len(batches)):
@@ -88,16 +93,22 @@ def accumulate_gradients(model: Any, batches: Sequence[dict[str, torch.Tensor]],
         loss_sum += loss.item() * n
         if after_micro is not None:
             after_micro(i + 1, loss_sum)
-    return loss_sum, supervised, sum(t for t, _ in counts)
+    return loss_sum, supervised, tokens
 
 
-@torch.no_grad()
 def validation_loss(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> float | None:
     """Token-weighted mean of the plain `causal_lm_loss` over `batches`, in eval mode.
 
     Returns:
         The loss, or None when the batches hold no supervised token.
     """
+    total, count = validation_sums(model, batches)
+    return total / count if count else None
+
+
+@torch.no_grad()
+def validation_sums(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    """`(summed token losses, supervised tokens)` of the plain `causal_lm_loss` over `batches`, in eval mode."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -108,7 +119,7 @@ def validation_loss(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> f
         total += loss.item() * n
         count += n
     model.train(was_training)
-    return total / count if count else None
+    return total, count
 
 
 @contextlib.contextmanager

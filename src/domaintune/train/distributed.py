@@ -1,0 +1,281 @@
+"""Data-parallel training across the processes of `accelerate launch` (or torchrun), with plain collectives.
+
+    accelerate launch --multi_gpu --num_processes 8 -m domaintune train --config recipe.yaml  # 8 GPUs, NCCL
+    accelerate launch --multi_gpu --num_processes 2 -m domaintune train --config recipe.yaml  # no CUDA: CPU, gloo
+    torchrun --nproc_per_node 2 -m domaintune train --config recipe.yaml                       # the same, by hand
+
+(`accelerate launch --cpu --num_processes 2` starts ONE process: accelerate runs several CPU
+processes only through mpirun. `--multi_gpu` goes through torchrun, and on a machine without CUDA
+this module picks gloo.) The recipe is the same as for one process; the launcher's environment
+(WORLD_SIZE, RANK, ...) is all that changes, and with WORLD_SIZE unset or 1 every function here
+leaves the single-process path exactly as it was. Design:
+
+* Data: every process computes the same epoch order (a function of seed and epoch,
+  `train/data.py`). A step takes `grad_accum x world` micro-batches and process r runs
+  micro-batches r, r+W, ... So `train.grad_accum` is per process, and a run on W processes takes
+  the same steps as one process with `grad_accum x W`.
+* Loss weighting stays exact: the step's supervised-token count N is summed over processes
+  before any backward, so each micro-batch still weighs n_i/N.
+* Gradients: no DDP wrapper. After accumulation the trainable parameters' gradients are
+  SUM-reduced once per step (with LoRA nearly every parameter is frozen, and accumulation needs
+  no per-micro-batch sync). Every process then clips and steps the same AdamW on the same
+  gradients. A parameter that got no gradient on any process (an MoE expert no token reached)
+  keeps none, as in one process, so AdamW skips it there too.
+* Validation is dealt out the same way and its sums reduced: every process sees the same loss
+  and takes the same early-stopping and checkpoint decisions.
+* Only process 0 writes (checkpoints, metrics.jsonl, progress bar, summary.json, the artifact).
+  Checkpoints are taken at step boundaries only (mid-accumulation the gradients are partial per
+  process) and hold every process's RNG state, so a resume with as many processes is exact (one
+  with another count is refused unless forced). A Ctrl-C reaching any process is agreed on at
+  the end of the step, then all checkpoint and stop (torchrun itself may terminate the workers
+  on Ctrl-C first; `--resume` then starts from the last periodic checkpoint).
+* DeepSpeed ZeRO and FSDP are not implemented by this loop: under such an accelerate config the
+  run is plain data parallel (every process holds all the weights), and a warning says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from domaintune.errors import UserError
+from domaintune.train.loss import token_counts
+from domaintune.train.rng import capture_rng, restore_rng
+from domaintune.train.step import LossFn, accumulate_gradients, validation_loss, validation_sums
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_BUCKET = 1 << 24  # elements per gradient all-reduce (64 MB of fp32), as DDP buckets do
+_SHARDING = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in the job: rank, process count, and its device.
+
+    Attributes:
+        rank: this process's index (0 writes every file).
+        world: the number of processes; 1 means no distributed training at all.
+        local_world: processes on this machine (they share its cores).
+        device: the device this process trains on.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_world: int = 1
+    device: torch.device = field(default_factory=_default_device)
+
+    @property
+    def active(self) -> bool:
+        """More than one process."""
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files."""
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the launcher's process group (accelerate's `PartialState` owns it), or stay single.
+
+    Reads WORLD_SIZE; when it is unset or 1, returns a single-process `Dist` and touches nothing.
+    Otherwise gloo on CPU (`accelerate launch --cpu`, or no CUDA), NCCL on GPUs.
+
+    Returns:
+        This process's `Dist`.
+
+    Example:
+        >>> init_distributed().world   # without a launcher
+        1
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    state = PartialState(cpu=cpu)
+    for var, name in _SHARDING.items():
+        if os.environ.get(var, "").lower() == "true" and state.process_index == 0:
+            log.warning("%s was asked for, but domaintune's loop trains plain data parallel: every process holds "
+                        "all the weights, gradients and optimizer states (no ZeRO/FSDP sharding)", name)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+    return Dist(state.process_index, state.num_processes, local, state.device)
+
+
+def rank_seed(seed: int, dist: Dist) -> int:
+    """The seed for this process's dropout and noise: the run's on process 0, another on each other one."""
+    return seed + dist.rank
+
+
+def shard(items: Sequence[T], dist: Dist) -> list[T]:
+    """This process's share: items r, r+W, r+2W, ... (all of them with one process)."""
+    return list(items[dist.rank::dist.world])
+
+
+def all_reduce_sums(values: Sequence[float], dist: Dist) -> list[float]:
+    """Sum numbers over processes (in float64, exact for token counts below 2**53)."""
+    if not dist.active:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def step_totals(batches: Sequence[Mapping[str, torch.Tensor]], dist: Dist) -> tuple[int, int]:
+    """`(supervised, tokens)` of the whole step: this process's micro-batches counted, then summed over all."""
+    counts = [token_counts(b) for b in batches]
+    tokens, supervised = all_reduce_sums([sum(t for t, _ in counts), sum(n for _, n in counts)], dist)
+    return int(supervised), int(tokens)
+
+
+def all_reduce_gradients(params: Mapping[str, torch.Tensor], dist: Dist, bucket: int = _BUCKET) -> None:
+    """SUM the `.grad` of `params` over processes, in place; a gradient absent everywhere stays None.
+
+    A parameter with a gradient on some processes only (an MoE expert no local token reached)
+    takes part with zeros there and ends up with the sum on every process.
+
+    Args:
+        params: the trainable parameters, in the same order on every process.
+        dist: this process's `Dist`; nothing happens with one process.
+        bucket: elements per all-reduce call.
+    """
+    if not dist.active:
+        return
+    tensors = list(params.values())
+    present = torch.tensor([p.grad is not None for p in tensors], dtype=torch.float32, device=dist.device)
+    torch.distributed.all_reduce(present)
+    for group in _buckets(tensors, bucket):
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+        torch.distributed.all_reduce(flat)
+        for p, summed in zip(group, flat.split([p.numel() for p in group])):
+            if p.grad is None:
+                p.grad = summed.view_as(p).clone()  # a view would keep the whole bucket alive
+            else:
+                p.grad.copy_(summed.view_as(p))
+    for p, seen in zip(tensors, present.tolist()):
+        if not seen:
+            p.grad = None
+
+
+def _buckets(tensors: Sequence[torch.Tensor], size: int) -> list[list[torch.Tensor]]:
+    """Consecutive groups of one dtype and device, each up to `size` elements (a bigger tensor alone)."""
+    groups: list[list[torch.Tensor]] = []
+    count = 0
+    for t in tensors:
+        last = groups[-1][-1] if groups else None
+        if last is None or (last.dtype, last.device) != (t.dtype, t.device) or count + t.numel() > size:
+            groups.append([])
+            count = 0
+        groups[-1].append(t)
+        count += t.numel()
+    return groups
+
+
+def accumulate_across(model: Any, batches: Sequence[dict[str, torch.Tensor]], loss_fn: LossFn,
+                      params: Mapping[str, torch.Tensor], stopping: Callable[[], bool],
+                      dist: Dist) -> tuple[float, int, int, bool]:
+    """`step.accumulate_gradients` over this process's share of a step, then the sums over every process.
+
+    Each micro-batch weighs n_i/N with N the whole step's supervised tokens; afterwards the
+    gradients and token losses are summed, and a Ctrl-C on any process is agreed on.
+
+    Args:
+        model, loss_fn: as in `accumulate_gradients`.
+        batches: this process's micro-batches (`BatchStream.take(..., part=(rank, world))`).
+        params: the trainable parameters, whose gradients are summed.
+        stopping: whether this process was asked to stop, read once its micro-batches are done.
+        dist: this process's `Dist`.
+
+    Returns:
+        `(loss_sum, supervised, tokens, stop)` of the whole step, the same on every process.
+    """
+    totals = step_totals(batches, dist)
+    loss_sum, supervised, tokens = accumulate_gradients(model, batches, 0, None, loss_fn, totals)
+    all_reduce_gradients(params, dist)
+    loss_sum, stops = all_reduce_sums([loss_sum, float(stopping())], dist)
+    return loss_sum, supervised, tokens, stops > 0
+
+
+def broadcast_parameters(params: Mapping[str, torch.Tensor], dist: Dist) -> None:
+    """Copy process 0's values of `params` to every process, so all replicas start alike."""
+    if not dist.active:
+        return
+    with torch.no_grad():
+        for p in params.values():
+            torch.distributed.broadcast(p.data, src=0)
+
+
+def broadcast_object(obj: T, dist: Dist) -> T:
+    """Process 0's `obj` on every process (picklable; small things only)."""
+    if not dist.active:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0, device=dist.device)
+    return box[0]
+
+
+def barrier(dist: Dist) -> None:
+    """Wait for every process (nothing with one)."""
+    if dist.active:
+        torch.distributed.barrier()
+
+
+def gather_rng(dist: Dist) -> list[dict[str, Any]] | None:
+    """Every process's RNG state (`rng.capture_rng`), on process 0 (None elsewhere and with one process)."""
+    if not dist.active:
+        return None
+    states: list[Any] | None = [None] * dist.world if dist.main else None
+    torch.distributed.gather_object(capture_rng(), states, dst=0)
+    return states
+
+
+def restore_rank_rng(saved: Sequence[dict[str, Any]] | None, dist: Dist) -> bool:
+    """On a process other than 0, restore its own RNG state from `gather_rng`'s list (minus entry 0).
+
+    Returns:
+        False when there is nothing for this process (another process count): the caller reseeds.
+    """
+    if not dist.active or dist.main:
+        return True
+    if saved is None or len(saved) != dist.world - 1:
+        return False
+    restore_rng(saved[dist.rank - 1])
+    return True
+
+
+def check_world(saved_world: int, micro_step: int, dist: Dist, force: bool) -> None:
+    """Refuse to resume with another process count (the global batch would change) unless forced.
+
+    Raises:
+        UserError: the count differs and `force` is False, or several processes would resume a
+            one-process checkpoint taken mid-accumulation.
+    """
+    if dist.active and micro_step:
+        raise UserError("this checkpoint was taken mid-accumulation by one process; several cannot resume it",
+                        hint="resume it with one process, or start over with --force")
+    if saved_world != dist.world and not force:
+        raise UserError(f"the checkpoint was written by {saved_world} process(es), this run has {dist.world}: "
+                        "the global batch would change", hint=f"launch {saved_world} process(es), or pass --force")
+
+
+def validation_loss_across(model: Any, batches: Sequence[dict[str, torch.Tensor]], dist: Dist) -> float | None:
+    """`step.validation_loss` over every process: each takes its share of `batches`, the sums are reduced.
+
+    Returns:
+        The token-weighted loss (the same on every process), or None with no supervised token.
+    """
+    if not dist.active:
+        return validation_loss(model, batches)
+    total, count = all_reduce_sums(validation_sums(model, shard(batches, dist)), dist)
+    return total / count if count else None
