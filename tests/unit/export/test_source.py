@@ -1,0 +1,38 @@
+"""Reading a run folder: clear errors for what is missing, merge refused for methods that cannot fold."""
+
+from __future__ import annotations
+
+import pytest
+
+from domaintune.errors import UserError
+from domaintune.export.source import load_merged, open_run
+
+
+def test_open_run_reads_recipe_and_method(lora_run, tiny_llama):
+    run = open_run(lora_run)
+    assert (run.base, run.template_name, run.method, run.is_peft) == (str(tiny_llama), "chatml", "lora", True)
+    assert run.artifact == lora_run / "adapter"
+
+
+@pytest.mark.parametrize("layout, match", [
+    ("missing", "not found"), ("no_recipe", "recipe.resolved.yaml"), ("no_artifact", "neither adapter/ nor model/")])
+def test_bad_run_folders_are_user_errors(layout, match, tmp_path, tiny_llama):
+    folder = tmp_path / "run"
+    if layout != "missing":
+        folder.mkdir()
+    if layout == "no_artifact":
+        (folder / "recipe.resolved.yaml").write_text(f"model:\n  name: {tiny_llama}\n")
+    with pytest.raises(UserError, match=match) as err:
+        open_run(folder)
+    assert err.value.hint
+
+
+def test_full_run_merges_to_its_own_weights(run_factory, tiny_llama):
+    run = open_run(run_factory(tiny_llama, "full"))
+    assert run.artifact.name == "model" and type(load_merged(run)).__name__ == "LlamaForCausalLM"
+
+
+def test_prompt_tuning_cannot_be_merged(run_factory, tiny_llama):
+    with pytest.raises(UserError, match="cannot be merged") as err:
+        load_merged(open_run(run_factory(tiny_llama, "prompt")))
+    assert "--format adapter" in err.value.hint
