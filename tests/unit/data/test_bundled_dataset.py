@@ -57,7 +57,7 @@ def test_answer_is_exactly_the_chapter_line(rows, chapters):
     for row in rows:
         meta = row["metadata"]
         chapter = chapters[meta["label"]]
-        assert row["messages"][1]["content"] == f"{chapter['range']}: {chapter['title']}"
+        assert row["messages"][1]["content"] == f"{chapter['title']} ({chapter['range']})"
         assert meta["chapter"] == chapter["chapter"]
 
 
