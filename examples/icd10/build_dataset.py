@@ -78,7 +78,7 @@ TEMPLATES: tuple[str, ...] = (
     "ICD-10-CM chapter for: {d}",
     "Classify this diagnosis into its ICD-10-CM chapter: {d}",
     "{d}\nWhat is the ICD-10-CM chapter?",
-    "Diagnosis: {d}\nChapter (code range and title)?",
+    "Diagnosis: {d}\nICD-10-CM chapter?",
     'In ICD-10-CM, which chapter covers "{d}"?',
 )
 
@@ -135,12 +135,11 @@ def dotted(code: str) -> str:
 
 
 def answer_line(number: int) -> str:
-    # Title first, range after: the model's first answer tokens are the meaningful ones ("Diseases of
-    # the respiratory system"), where what it already knows about "asthma" helps; the range then
-    # follows from the title. Range-first made 30-step demo runs pick a range before any meaning
-    # (chance-level accuracy, with a fitting title after the wrong range).
-    _n, first, last, title = CHAPTERS[number - 1]
-    return f"{title} ({first}-{last})"
+    # The title alone: its words are what the model already knows ("asthma" -> "respiratory
+    # system"). A code range after the title cost 6-8 arbitrary tokens per answer, and a 24-step
+    # demo run learned titles (25% right) long before ranges (8% right, ranges often not matching
+    # their own title). Range-first was worse still (chance level: a range picked before any meaning).
+    return CHAPTERS[number - 1][3]
 
 
 def candidates(codes: dict[str, str], rng: random.Random) -> dict[int, dict[str, list[str]]]:
@@ -204,13 +203,12 @@ def row_text(row: dict) -> str:
 
 def make_row(code: str, description: str, rng: random.Random) -> dict:
     number = chapter_of(code)
-    _n, first, last, _title = CHAPTERS[number - 1]
     return {
         "messages": [
             {"role": "user", "content": rng.choice(TEMPLATES).format(d=description)},
             {"role": "assistant", "content": answer_line(number)},
         ],
-        "metadata": {"code": dotted(code), "label": f"{first}-{last}", "chapter": number,
+        "metadata": {"code": dotted(code), "label": answer_line(number), "chapter": number,
                      "difficulty": difficulty(code), "source": SOURCE_TAG},
     }
 

@@ -65,7 +65,10 @@ def demo(output_dir: str = "demo_out", *, quick: bool = False, overrides: list[s
     evals["base"] = evaluate(recipe, output_dir=str(out / "eval" / "base"), loaded=base)
     shots = recipe.eval.few_shot or 3
     say(f"evaluate the base model, {shots}-shot")
-    few = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"few_shot": shots})})
+    # Latency and perplexity (which reads each record without examples) are the model's, measured
+    # in the zero-shot pass; the few-shot pass only adds answers.
+    few = recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"few_shot": shots, "latency_prompts": 0, "perplexity": False})})
     evals[f"base-{shots}shot"] = evaluate(few, output_dir=str(out / "eval" / f"base-{shots}shot"), loaded=base)
     del base
     say("LoRA-train on the training split")

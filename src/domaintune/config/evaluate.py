@@ -28,6 +28,7 @@ class EvalConfig(Section):
     few_shot_pool: str | None = Field(None, description="Few-shot examples (default: train.jsonl beside the data).")
     label_field: str | None = Field(None, description="Metadata key with each record's label: accuracy and F1.")
     text_metrics: bool = Field(True, description="BLEU, chrF and ROUGE on the generations.")
+    perplexity: bool = Field(True, description="Perplexity on the reference answers (zero-shot context).")
     json_fields: bool = Field(False, description="Field-level F1 for answers that are JSON objects.")
     general: str | None = Field("bundled:general_reference.jsonl",
                                 description="General conversations for the forgetting figures (None: skip).")

@@ -9,7 +9,9 @@ Steps, each a function of its own module: generate the last assistant turn of ev
 per example, so `compare` can pair them), perplexity on the reference answers
 (`perplexity.py`), single-request latency (`generate.measure_latency`), forgetting on general
 conversations against the base (`forgetting.py`: the base is the adapter switched off), and
-memorization signals (`leak.py`).
+memorization signals (`leak.py`). A LoRA/IA3 adapter is merged into its base for generation,
+perplexity and latency (`methods.inference.merged_adapter`: the same outputs, faster decoding)
+and unmerged again for forgetting.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class EvalSettings:
             labels read from the generations by `metrics.extract_label`.
         text_metrics: BLEU, chrF and ROUGE on the generations.
         json_fields: field-level F1 for JSON answers.
+        perplexity: perplexity on the reference answers. It reads each record without few-shot
+            examples, so a few-shot pass of a model already scored zero-shot can skip it.
         max_len: tokens per record for perplexity and forgetting.
         latency_prompts, latency_tokens: single-request latency runs (0 prompts: skipped).
     """
@@ -55,6 +59,7 @@ class EvalSettings:
     label_field: str | None = None
     text_metrics: bool = True
     json_fields: bool = False
+    perplexity: bool = True
     max_len: int = 1024
     latency_prompts: int = 3
     latency_tokens: int = 200
@@ -94,19 +99,22 @@ def evaluate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mappin
     if not records:
         raise UserError("the evaluation data is empty", hint="point --data at a prepared test.jsonl")
     step = step or (lambda _name: None)
-    step("generate")
-    rows = _generate(model, tokenizer, template, records, settings, pool)
-    metrics, per_example, labels = _score(rows, records, settings)
-    step("perplexity")
     from domaintune.eval.perplexity import perplexity
+    from domaintune.methods.inference import merged_adapter
 
-    ppl = perplexity(model, tokenizer, template, records, max_len=settings.max_len)
-    metrics["perplexity"] = ppl["ppl"]
-    per_example["nll"] = ppl["per_example_nll"]
+    with merged_adapter(model):  # LoRA/IA3 merged: the same outputs, decoding about twice as fast
+        step("generate")
+        rows = _generate(model, tokenizer, template, records, settings, pool)
+        metrics, per_example, labels = _score(rows, records, settings)
+        if settings.perplexity:
+            step("perplexity")
+            ppl = perplexity(model, tokenizer, template, records, max_len=settings.max_len)
+            metrics["perplexity"] = ppl["ppl"]
+            per_example["nll"] = ppl["per_example_nll"]
+        step("latency")
+        latency = _latency(model, tokenizer, template, records, settings)
     report = {"model": dict(describe or {}), "n": len(records), "few_shot": settings.few_shot or None,
-              "settings": asdict(settings), "metrics": metrics, "labels": labels}
-    step("latency")
-    report["latency"] = _latency(model, tokenizer, template, records, settings)
+              "settings": asdict(settings), "metrics": metrics, "labels": labels, "latency": latency}
     step("forgetting")
     report["forgetting"] = _forgetting(model, tokenizer, template, general, settings)
     report["leak"] = _leak([r["prediction"] for r in rows], training_texts)

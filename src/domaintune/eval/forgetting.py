@@ -4,7 +4,9 @@ For each general reference conversation, both models read the reference text (te
 and at every assistant token we take KL(base || tuned) between their next-token distributions:
 the expected extra surprise, in nats, of the tuned model at text the base model writes. 0 means
 general behaviour is untouched. The positions are exactly the ones training scores (the loss
-mask of `train.collate.encode_record`); perplexities come from `eval.perplexity.perplexity`.
+mask of `train.collate.encode_record`). Both perplexities come from the same logits (the
+cross-entropy of each model at those positions, token-weighted as `eval.perplexity` weighs it),
+so each model reads each batch of conversations once.
 
 When the tuned model is a peft model over the base, pass `base_model=None`: the base side runs
 inside `tuned_model.disable_adapter()`, so only one copy of the weights is in memory.
@@ -15,6 +17,7 @@ inside `tuned_model.disable_adapter()`, so only one copy of the weights is in me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
@@ -23,10 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from domaintune.eval.generate import eval_mode
-from domaintune.eval.perplexity import encode_for_eval, example_batch, perplexity
+from domaintune.eval.perplexity import encode_for_eval, example_batches, per_example
 from domaintune.models.templates import ChatTemplate
-from domaintune.train.collate import IGNORE_INDEX
-from domaintune.train.loss import next_token_targets
+from domaintune.train.loss import supervised_logits
 
 
 def _base_side(base_model: Any | None, tuned_model: Any) -> tuple[Any, AbstractContextManager]:
@@ -37,36 +39,30 @@ def _base_side(base_model: Any | None, tuned_model: Any) -> tuple[Any, AbstractC
     return tuned_model, tuned_model.disable_adapter()
 
 
-def _scored_logits(model: Any, batch: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**inputs, use_cache=False).logits
-    # Prompt tuning prepends virtual positions: the text's positions are the last T.
-    return logits[:, -keep.shape[1]:][keep].float()
-
-
 def base_and_tuned_logits(base_model: Any | None, tuned_model: Any,
-                          batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both models' next-token logits at the supervised positions of one batch.
+                          batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both models' next-token logits at the supervised positions of one batch, and the targets.
 
     Args:
         base_model: the base model, or None to use `tuned_model` with its adapter disabled.
         tuned_model: the fine-tuned model (a peft model when `base_model` is None).
-        batch: a collated batch with `labels` (e.g. `eval.perplexity.example_batch`).
+        batch: a collated batch with `labels` (e.g. from `eval.perplexity.example_batches`).
 
     Returns:
-        `(base_logits, tuned_logits)`, each `[N, vocab]` in fp32, N the supervised targets.
+        `(base_logits, tuned_logits, targets)`: `[N, vocab]` fp32 logits of each model (only the
+        N supervised positions go through the LM head, as in training) and the `[N]` target ids.
 
     Raises:
         ValueError: `base_model` is None and `tuned_model` has no adapter to disable.
 
     Example:
-        >>> base, tuned = base_and_tuned_logits(None, peft_model, example_batch(peft_model, ex))  # doctest: +SKIP
+        >>> base, tuned, targets = base_and_tuned_logits(None, peft_model, example_batch(peft_model, ex))  # doctest: +SKIP
     """
-    keep = next_token_targets(batch["labels"]) != IGNORE_INDEX
     model, disabled = _base_side(base_model, tuned_model)
     with disabled:
-        base = _scored_logits(model, batch, keep)
-    return base, _scored_logits(tuned_model, batch, keep)
+        base, targets, _ = supervised_logits(model, batch)
+    tuned, _, _ = supervised_logits(tuned_model, batch)
+    return base.float(), tuned.float(), targets
 
 
 def kl_per_position(base_logits: torch.Tensor, tuned_logits: torch.Tensor) -> torch.Tensor:
@@ -106,30 +102,31 @@ def general_kl(base_model: Any | None, tuned_model: Any, tokenizer: Any, templat
         >>> out["tuned_ppl"] / out["base_ppl"]                          # doctest: +SKIP
         1.04
     """
-    sums, counts = _kl_sums(base_model, tuned_model, tokenizer, template, records, max_len)
-    total = sum(counts)
-    model, disabled = _base_side(base_model, tuned_model)
-    with disabled:
-        base_ppl = perplexity(model, tokenizer, template, records, max_len=max_len)["ppl"]
-    tuned_ppl = perplexity(tuned_model, tokenizer, template, records, max_len=max_len)["ppl"]
-    return {"mean_kl": sum(sums) / total if total else float("nan"),
-            "per_example_kl": [s / n if n else None for s, n in zip(sums, counts)],
-            "tokens": total, "base_ppl": base_ppl, "tuned_ppl": tuned_ppl}
+    sums = _sums(base_model, tuned_model, tokenizer, template, records, max_len)
+    total = sum(n for _, _, _, n in sums)
+
+    def ppl(column: int) -> float:
+        return math.exp(sum(row[column] for row in sums) / total) if total else float("nan")
+
+    return {"mean_kl": sum(kl for kl, _, _, _ in sums) / total if total else float("nan"),
+            "per_example_kl": [kl / n if n else None for kl, _, _, n in sums],
+            "tokens": total, "base_ppl": ppl(1), "tuned_ppl": ppl(2)}
 
 
-def _kl_sums(base_model: Any | None, tuned_model: Any, tokenizer: Any, template: ChatTemplate,
-             records: Sequence[Mapping[str, Any]], max_len: int) -> tuple[list[float], list[int]]:
+def _sums(base_model: Any | None, tuned_model: Any, tokenizer: Any, template: ChatTemplate,
+          records: Sequence[Mapping[str, Any]], max_len: int) -> list[tuple[float, float, float, int]]:
+    """Per record: summed KL, summed base NLL, summed tuned NLL and the number of scored tokens."""
     pad = getattr(tokenizer, "pad_token_id", None) or 0
-    sums, counts = [], []
+    examples = encode_for_eval(tokenizer, template, records, max_len)
+    sums = [(0.0, 0.0, 0.0, 0)] * len(examples)
     with ExitStack() as stack, torch.inference_mode():
         for model in {id(m): m for m in (base_model, tuned_model) if m is not None}.values():
             stack.enter_context(eval_mode(model))
-        for ex in encode_for_eval(tokenizer, template, records, max_len):
-            if ex is None:
-                sums.append(0.0)
-                counts.append(0)
-                continue
-            kl = kl_per_position(*base_and_tuned_logits(base_model, tuned_model, example_batch(tuned_model, ex, pad)))
-            sums.append(float(kl.sum()))
-            counts.append(int(kl.numel()))
-    return sums, counts
+        for indices, batch in example_batches(tuned_model, examples, pad):
+            base, tuned, targets = base_and_tuned_logits(base_model, tuned_model, batch)
+            values = (kl_per_position(base, tuned), F.cross_entropy(base, targets, reduction="none"),
+                      F.cross_entropy(tuned, targets, reduction="none"))
+            parts = [per_example(v, [examples[j] for j in indices]) for v in values]
+            for i, kl, nll_base, nll_tuned in zip(indices, *parts):
+                sums[i] = (float(kl.sum()), float(nll_base.sum()), float(nll_tuned.sum()), kl.numel())
+    return sums

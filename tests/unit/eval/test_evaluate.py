@@ -64,6 +64,21 @@ def test_evaluate_reports_every_section_with_aligned_scores(parts, tmp_path):
     assert back.predictions == json.loads(json.dumps(result.predictions))
 
 
+def test_merged_generation_answers_as_the_unmerged_adapter_and_perplexity_can_be_skipped(parts):
+    from domaintune.eval.generate import generate_answers
+    from domaintune.methods.inference import can_merge
+    from domaintune.models.decode import SamplingParams
+
+    model, tok, tpl = parts
+    records = _records()
+    unmerged = generate_answers(model, tok, tpl, records, SamplingParams(max_new_tokens=4), batch_size=4)
+    settings = EvalSettings(**{**SETTINGS.__dict__, "perplexity": False, "latency_prompts": 0})
+    result = evaluate(model, tok, tpl, records, settings)
+    assert [r["prediction"] for r in result.predictions] == [r["prediction"] for r in unmerged]
+    assert can_merge(model)  # unmerged again afterwards
+    assert "perplexity" not in result.report["metrics"] and "nll" not in result.predictions[0]["scores"]
+
+
 def test_few_shot_needs_a_pool_and_changes_the_prompt(parts):
     model, tok, tpl = parts
     few = EvalSettings(**{**SETTINGS.__dict__, "few_shot": 2, "latency_prompts": 0})

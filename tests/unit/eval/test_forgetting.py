@@ -52,6 +52,7 @@ def test_perturbed_weight_gives_positive_kl(base, tiny_tokenizer):
     assert out["mean_kl"] > 1e-4
     assert all(v > 0 for v in out["per_example_kl"])
     assert out["base_ppl"] != pytest.approx(out["tuned_ppl"])
+    assert out["tuned_ppl"] == pytest.approx(perplexity(tuned, tiny_tokenizer, get_template("chatml"), GENERAL)["ppl"])
     assert out["tokens"] == sum(len([lab for lab in encode_record(r, tiny_tokenizer, get_template("chatml"), 512)
                                      .example.labels if lab != -100]) for r in GENERAL)
 
@@ -81,10 +82,11 @@ def test_peft_base_side_uses_disabled_adapter(tiny_llama, tiny_tokenizer, base):
     template = get_template("chatml")
     ex = encode_record(GENERAL[0], tiny_tokenizer, template, 512).example
     with torch.no_grad():
-        b_none, t_none = base_and_tuned_logits(None, tuned, example_batch(tuned, ex))
-        b_sep, t_sep = base_and_tuned_logits(base, tuned, example_batch(tuned, ex))
+        b_none, t_none, y_none = base_and_tuned_logits(None, tuned, example_batch(tuned, ex))
+        b_sep, t_sep, y_sep = base_and_tuned_logits(base, tuned, example_batch(tuned, ex))
     torch.testing.assert_close(b_none, b_sep)
     torch.testing.assert_close(t_none, t_sep)
+    assert torch.equal(y_none, y_sep) and y_none.numel() == b_none.shape[0]
     one_copy = general_kl(None, tuned, tiny_tokenizer, template, GENERAL)
     two_copies = general_kl(base, tuned, tiny_tokenizer, template, GENERAL)
     assert one_copy["mean_kl"] == pytest.approx(two_copies["mean_kl"]) and one_copy["mean_kl"] > 0

@@ -74,3 +74,26 @@ def test_prompt_tuning_model_is_scored_through_peft(tiny_llama, tiny_tokenizer):
     tuned = perplexity(model, tiny_tokenizer, template, RECORDS)
     assert tuned["tokens"] == base["tokens"]
     assert tuned["mean_nll"] != pytest.approx(base["mean_nll"], abs=1e-6)  # virtual tokens were in force
+
+
+@pytest.mark.parametrize("method", ["plain", "prompt_tuning"])
+def test_batching_does_not_change_per_example_values(method, tiny_llama, tiny_tokenizer, monkeypatch):
+    """Packed rows (plain model) and padded batches (prompt tuning) score each example as alone."""
+    import domaintune.eval.perplexity as ppl_mod
+
+    model = load(tiny_llama)
+    if method == "prompt_tuning":
+        from peft import PromptTuningConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    template = get_template("chatml")
+    examples = ppl_mod.encode_for_eval(tiny_tokenizer, template, RECORDS * 2, 1024)
+    assert len(list(ppl_mod.example_batches(model, examples))) < 3  # several examples per batch
+    together = perplexity(model, tiny_tokenizer, template, RECORDS * 2)
+    monkeypatch.setattr(ppl_mod, "BATCH_TOKENS", 1)  # every example in a batch of its own
+    assert len(list(ppl_mod.example_batches(model, examples))) == 6
+    alone = perplexity(model, tiny_tokenizer, template, RECORDS * 2)
+    assert together["per_example_tokens"] == alone["per_example_tokens"]
+    assert together["per_example_nll"] == pytest.approx(alone["per_example_nll"], abs=1e-5)
+    assert together["per_example_nll"][:3] == pytest.approx(together["per_example_nll"][3:], abs=1e-5)
