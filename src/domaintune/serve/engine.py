@@ -3,9 +3,14 @@
 Requests (`Job`s) wait in one bounded FIFO queue. The worker takes the oldest job, waits up to
 `batch_window_s` (counted from that job's arrival, so a job that already waited through a previous
 batch adds no extra delay) for more jobs for the SAME served model (base or one adapter: a batch
-activates one), up to `max_batch_size` rows, and runs them together through
-`models.decode.decode_stream`, the decoder eval and export use. Each step's tokens go straight to
-each job's `emit` callback (the HTTP layer puts them on an asyncio queue).
+activates one), up to `max_batch_size` rows, and starts decoding them together. Batching is
+continuous (`models.running.RunningBatch`): between two decoding steps, jobs at the head of the
+queue for the same model join the running batch while rows are free, so a request never waits
+for a whole batch to end (a job for another model at the head stops the joining: first come,
+first served). Models whose cache cannot take joining rows (prompt/prefix tuning) and
+`max_batch_size=1` decode fixed batches through `models.decode.decode_stream`, the decoder eval
+and export use. Each step's tokens go straight to each job's `emit` callback (the HTTP layer puts
+them on an asyncio queue).
 
 A row leaves the batch as soon as its job is cancelled (the client disconnected, or the HTTP layer
 matched a stop string) or its deadline passes: `decode_stream`'s `should_stop` drops it, freeing
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domaintune.models.decode import SamplingParams, decode_stream
+from domaintune.models.running import RunningBatch, supports
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,8 @@ class Engine:
         batch_window_s: how long the oldest job may wait for others to join its batch.
         max_queue: most jobs waiting (not yet decoding); beyond it `submit` raises `QueueFull`.
         metrics: optional `metrics.ServeMetrics`.
-        decode: the decoder (`decode_stream`); replaceable for tests.
+        decode: the fixed-batch decoder (`decode_stream`); replacing it (tests) also turns
+            continuous batching off.
 
     Example:
         >>> engine = Engine(served.activate, pad_id=0).start()   # doctest: +SKIP
@@ -230,13 +237,17 @@ class Engine:
 
     def _run(self, jobs: list[Job]) -> None:
         batch = _Batch(jobs)
-        if self.metrics is not None:
-            self.metrics.observe_batch(len(batch.rows))
         start = time.perf_counter()
         try:
             with self.activate(jobs[0].route) as model:
-                for step in self.decode(model, batch.prompts, batch.params, self.pad_id, should_stop=batch.should_stop):
-                    batch.deliver(step)
+                if self.max_batch_size > 1 and self.decode is decode_stream and supports(model):
+                    self._run_continuous(model, batch, jobs[0].route)
+                else:
+                    if self.metrics is not None:
+                        self.metrics.observe_batch(len(batch.rows))
+                    for step in self.decode(model, batch.prompts, batch.params, self.pad_id,
+                                            should_stop=batch.should_stop):
+                        batch.deliver(step)
         except Exception as err:  # noqa: BLE001 - one bad batch must not kill the server
             log.exception("generation failed for a batch of %d rows", len(batch.rows))
             batch.fail(f"generation failed: {type(err).__name__}: {err}")
@@ -244,6 +255,39 @@ class Engine:
             batch.finish_rest()
         if self.metrics is not None:
             self.metrics.add_tokens(jobs[0].route, batch.generated, time.perf_counter() - start)
+
+    def _run_continuous(self, model: Any, batch: _Batch, route: str) -> None:
+        running = RunningBatch(model, self.pad_id)
+        self._admit(running, batch, range(len(batch.rows)))
+        while running:
+            batch.deliver(running.step(batch.should_stop))
+            joining = self._joining(route, len(running))
+            if joining:
+                self._admit(running, batch, batch.extend(joining))
+
+    def _admit(self, running: RunningBatch, batch: _Batch, ks: range) -> None:
+        ks = [k for k in ks if not batch.done[k]]
+        empty = [k for k in ks if batch.params[k].max_new_tokens < 1]
+        for k in empty:
+            batch.finish(k, "length")
+        ks = [k for k in ks if k not in empty and not batch.should_stop(k)]
+        running.add(ks, [batch.prompts[k] for k in ks], [batch.params[k] for k in ks])
+        if self.metrics is not None and ks:
+            self.metrics.observe_batch(len(running))
+
+    def _joining(self, route: str, rows: int) -> list[Job]:
+        """Jobs at the head of the queue for `route` that fit in the free rows (FIFO: stop at another route)."""
+        with self._cond:
+            taken = []
+            while self._queue and self._queue[0].route == route:
+                size = len(self._queue[0].prompts)
+                if rows + size > self.max_batch_size:
+                    break
+                taken.append(self._queue.popleft())
+                rows += size
+            if taken:
+                self._depth_changed()
+        return self._live(taken)
 
     def _depth_changed(self) -> None:
         if self.metrics is not None:
@@ -254,12 +298,23 @@ class _Batch:
     """The rows of one decode call, mapped back to their jobs."""
 
     def __init__(self, jobs: list[Job]) -> None:
-        self.rows = [(job, i) for job in jobs for i in range(len(job.prompts))]
-        self.prompts = [job.prompts[i] for job, i in self.rows]
-        self.params = [job.params[i] for job, i in self.rows]
-        self.counts = [0] * len(self.rows)
-        self.done = [False] * len(self.rows)
+        self.rows: list[tuple[Job, int]] = []
+        self.prompts: list[Sequence[int]] = []
+        self.params: list[SamplingParams] = []
+        self.counts: list[int] = []
+        self.done: list[bool] = []
         self.generated = 0
+        self.extend(jobs)
+
+    def extend(self, jobs: list[Job]) -> range:
+        """Add the rows of `jobs` (joining a running batch); returns their row indices."""
+        start = len(self.rows)
+        self.rows += [(job, i) for job in jobs for i in range(len(job.prompts))]
+        self.prompts += [job.prompts[i] for job, i in self.rows[start:]]
+        self.params += [job.params[i] for job, i in self.rows[start:]]
+        self.counts += [0] * (len(self.rows) - start)
+        self.done += [False] * (len(self.rows) - start)
+        return range(start, len(self.rows))
 
     def should_stop(self, k: int) -> bool:
         job, i = self.rows[k]
@@ -293,6 +348,10 @@ class _Batch:
             if not all(self.done[k] for k, (j, _) in enumerate(self.rows) if j is job):
                 tell(job, Failed(message))
         self.done = [True] * len(self.rows)
+
+    def finish(self, k: int, reason: str) -> None:
+        """End row `k` with `reason` (once)."""
+        self._finish(k, reason)
 
     def _finish(self, k: int, reason: str) -> None:
         if not self.done[k]:

@@ -1,0 +1,161 @@
+"""Continuous batching: rows join a running batch between decoding steps.
+
+`models.decode.decode_stream` decodes a fixed set of prompts: a request that arrives while it runs
+waits for the whole batch to end. With clients that send one request after another that means
+no batching at all (each arrives while the other's batch runs). `RunningBatch` keeps the decoding
+state between steps, so a server can prefill new prompts and merge them into the batch at any step,
+as vLLM and TGI schedule per iteration.
+
+The state is `decode.py`'s, row for row: left-padded KV cache, a 2-D attention mask, per-row
+position ids and per-row samplers. Joining pads the shorter side's cache on the left (masked out)
+so both have the same length, then concatenates along the batch dimension; a padded row still sees
+exactly its own tokens at its own positions, so a row decodes the same tokens whether it joined
+a running batch or decoded alone (the tests check greedy ids). Rows leave with
+`Cache.batch_select_indices`, as in `decode.py`.
+
+Joining needs a cache whose layers are plain `DynamicLayer`s (key/value tensors that grow along
+the sequence). Models whose caches are anything else (sliding-window layers, prompt/prefix tuning,
+which `decode.py` runs uncached) report `supports(model) == False`; the server then batches them
+the old way, one fixed batch at a time.
+
+    batch = RunningBatch(model, pad_id=0)
+    batch.add([7, 8], [[1, 2, 3], [4, 5]], [SamplingParams(max_new_tokens=8)] * 2)
+    while batch:
+        for key, token in batch.step():
+            ...
+        batch.add(...)   # new rows join here
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from domaintune.models.decode import SamplingParams, _check, _device, _is_prompt_learning, _left_pad, _pick_all, _Sampler
+
+__all__ = ["RunningBatch", "supports"]
+
+
+def supports(model: Any) -> bool:
+    """Whether rows can join `model`'s running batches (False: prompt/prefix tuning)."""
+    return not _is_prompt_learning(model)
+
+
+class RunningBatch:
+    """The decoding state of the rows running now; `add` between `step`s.
+
+    Args:
+        model: a causal LM or a peft model around one (not prompt/prefix tuning), in eval mode.
+        pad_id: the id written into left padding.
+    """
+
+    def __init__(self, model: Any, pad_id: int) -> None:
+        self.model, self.pad_id, self.device = model, pad_id, _device(model)
+        self.keys: list[Hashable] = []
+        self._params: list[SamplingParams] = []
+        self._samplers: list[_Sampler] = []
+        self._counts: list[int] = []
+        self._cache: Any = None
+        self._mask = self._positions = self._logits = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @torch.inference_mode()
+    def add(self, keys: Sequence[Hashable], prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> None:
+        """Prefill `prompts` and merge them into the batch; their first tokens come with the next `step`.
+
+        Raises:
+            ValueError: as `decode.decode_stream` for a bad prompt or parameter, or a cache
+                that cannot be joined (see the module docstring).
+        """
+        for prompt, p in zip(prompts, params, strict=True):
+            _check(prompt, p)
+            if p.max_new_tokens < 1:
+                raise ValueError("rows joining a running batch need max_new_tokens >= 1")
+        if not prompts:
+            return
+        ids, mask, positions = _left_pad(prompts, self.pad_id, self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        state = (out.past_key_values, mask, positions[:, -1:], out.logits[:, -1, :])
+        if self._cache is None:
+            self._cache, self._mask, self._positions, self._logits = state
+        else:
+            self._join(*state)
+        self.keys += list(keys)
+        self._params += list(params)
+        self._samplers += [_Sampler(p, self.device) for p in params]
+        self._counts += [0] * len(prompts)
+
+    @torch.inference_mode()
+    def step(self, should_stop: Callable[[Hashable], bool] | None = None) -> list[tuple[Hashable, int]]:
+        """Pick every row's next token, drop the rows that are done, and run the model one step.
+
+        Args:
+            should_stop: called with a row's key after its token; True drops the row.
+
+        Returns:
+            `(key, token)` for every row that was running (its last token included).
+        """
+        stop = should_stop or (lambda _key: False)
+        tokens = _pick_all(self._samplers, self._logits)
+        produced = list(zip(self.keys, tokens))
+        keep = []
+        for i, (key, token) in enumerate(produced):
+            self._counts[i] += 1
+            p = self._params[i]
+            if not (token in p.stop_ids or self._counts[i] >= p.max_new_tokens or stop(key)):
+                keep.append(i)
+        self._select(keep)
+        if keep:
+            step_ids = torch.tensor([tokens[i] for i in keep], dtype=torch.long, device=self.device)[:, None]
+            self._mask = torch.cat([self._mask, self._mask.new_ones((len(keep), 1))], dim=1)
+            self._positions = self._positions + 1
+            out = self.model(input_ids=step_ids, attention_mask=self._mask, position_ids=self._positions,
+                             past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+            self._logits = out.logits[:, -1, :]
+        return produced
+
+    def _select(self, keep: list[int]) -> None:
+        if len(keep) == len(self.keys):
+            return
+        if not keep:
+            self.__init__(self.model, self.pad_id)  # empty: the next add starts afresh
+            return
+        index = torch.tensor(keep, device=self.device)
+        self._cache.batch_select_indices(index)
+        self._mask, self._positions = self._mask[index], self._positions[index]
+        for name in ("keys", "_params", "_samplers", "_counts"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in keep])
+
+    def _join(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor) -> None:
+        old, new = _layers(self._cache), _layers(cache)
+        width = max(self._mask.shape[1], mask.shape[1])
+        for a, b in zip(old, new, strict=True):
+            a.keys = torch.cat([_left(a.keys, width, dim=2), _left(b.keys, width, dim=2)])
+            a.values = torch.cat([_left(a.values, width, dim=2), _left(b.values, width, dim=2)])
+        self._mask = torch.cat([_left(self._mask, width, dim=1), _left(mask, width, dim=1)])
+        self._positions = torch.cat([self._positions, positions])
+        self._logits = torch.cat([self._logits, logits])
+
+
+def _layers(cache: Any) -> list[Any]:
+    from transformers.cache_utils import DynamicLayer
+
+    layers = list(getattr(cache, "layers", ()))
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        raise ValueError(f"rows cannot join a {type(cache).__name__} with these layers; decode in fixed batches")
+    return layers
+
+
+def _left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zero-pad `t` on the left of `dim` up to `width` (cache and mask padding is masked out)."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim) + [missing, 0]
+    return F.pad(t, pad)
