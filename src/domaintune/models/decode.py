@@ -111,9 +111,9 @@ def decode_stream(model: Any, prompts: Sequence[Sequence[int]], params: Sampling
     """
     rows = _per_row(params, len(prompts))
     for prompt, p in zip(prompts, rows):
-        _check(prompt, p)
+        check_request(prompt, p)
     stop = should_stop or (lambda _row: False)
-    if _is_prompt_learning(model):
+    if is_prompt_learning(model):
         return _stream_uncached(model, prompts, rows, stop)
     return _stream_cached(model, prompts, rows, pad_id, stop)
 
@@ -186,7 +186,8 @@ def _per_row(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[
     return rows
 
 
-def _check(prompt: Sequence[int], params: SamplingParams) -> None:
+def check_request(prompt: Sequence[int], params: SamplingParams) -> None:
+    """Refuse an empty prompt or out-of-range sampling settings with a `ValueError`."""
     if len(prompt) == 0:
         raise ValueError("a prompt is empty; every prompt needs at least one token")
     if params.max_new_tokens < 0:
@@ -197,12 +198,14 @@ def _check(prompt: Sequence[int], params: SamplingParams) -> None:
         raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
 
 
-def _is_prompt_learning(model: Any) -> bool:
+def is_prompt_learning(model: Any) -> bool:
+    """Whether `model` is a peft prompt/prefix-tuning model (virtual tokens: the uncached path)."""
     config = getattr(model, "active_peft_config", None) if hasattr(model, "peft_config") else None
     return bool(getattr(config, "is_prompt_learning", False))
 
 
-def _device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter."""
     return next(model.parameters()).device
 
 
@@ -214,7 +217,7 @@ MIN_TEMPERATURE = 1e-5
 MIN_TOP_P = 1e-6
 
 
-class _Sampler:
+class Sampler:
     """Picks one row's next token; owns the row's generator so rows never share draws."""
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
@@ -245,14 +248,16 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
-def _pick_all(samplers: Sequence[_Sampler], logits: torch.Tensor) -> list[int]:
+def pick_all(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
+    """Each row's next token from `[B, V]` logits, row i by `samplers[i]`."""
     greedy = logits.argmax(-1).tolist()  # one vectorized argmax serves every greedy row
     return [g if s.generator is None else s.pick(logits[i]) for i, (s, g) in enumerate(zip(samplers, greedy))]
 
 
 # ---- the cached, batched path ------------------------------------------------------------------
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`(ids, attention_mask, position_ids)`, each `[B, longest]`, prompts aligned on the right."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -268,17 +273,17 @@ def _stream_cached(model: Any, prompts: Sequence[Sequence[int]], params: Sequenc
                    should_stop: Callable[[int], bool]) -> Iterator[Step]:
     # The decorator (not a `with` block) re-enters inference mode around each step, so it never
     # leaks into the caller's code between yields.
-    device = _device(model)
+    device = model_device(model)
     rows = [r for r, p in enumerate(params) if p.max_new_tokens > 0 and not should_stop(r)]
     if not rows:
         return
-    samplers = [_Sampler(p, device) for p in params]
+    samplers = [Sampler(p, device) for p in params]
     counts = [0] * len(prompts)
-    ids, mask, positions = _left_pad([prompts[r] for r in rows], pad_id, device)
+    ids, mask, positions = left_pad([prompts[r] for r in rows], pad_id, device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache, positions = out.past_key_values, positions[:, -1:]
     while True:
-        tokens = _pick_all([samplers[r] for r in rows], out.logits[:, -1, :])
+        tokens = pick_all([samplers[r] for r in rows], out.logits[:, -1, :])
         yield list(zip(rows, tokens))
         keep = []
         for i, (row, token) in enumerate(zip(rows, tokens)):
@@ -304,9 +309,9 @@ def _stream_cached(model: Any, prompts: Sequence[Sequence[int]], params: Sequenc
 @torch.inference_mode()
 def _stream_uncached(model: Any, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
                      should_stop: Callable[[int], bool]) -> Iterator[Step]:
-    device = _device(model)
+    device = model_device(model)
     for row, (prompt, p) in enumerate(zip(prompts, params)):
-        sampler, ids = _Sampler(p, device), list(prompt)
+        sampler, ids = Sampler(p, device), list(prompt)
         for _ in range(p.max_new_tokens):
             if should_stop(row):
                 break

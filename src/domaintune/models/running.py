@@ -34,14 +34,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from domaintune.models.decode import SamplingParams, _check, _device, _is_prompt_learning, _left_pad, _pick_all, _Sampler
+from domaintune.models.decode import (Sampler, SamplingParams, check_request, is_prompt_learning, left_pad,
+                                      model_device, pick_all)
 
 __all__ = ["RunningBatch", "supports"]
 
 
 def supports(model: Any) -> bool:
     """Whether rows can join `model`'s running batches (False: prompt/prefix tuning)."""
-    return not _is_prompt_learning(model)
+    return not is_prompt_learning(model)
 
 
 class RunningBatch:
@@ -53,10 +54,10 @@ class RunningBatch:
     """
 
     def __init__(self, model: Any, pad_id: int) -> None:
-        self.model, self.pad_id, self.device = model, pad_id, _device(model)
+        self.model, self.pad_id, self.device = model, pad_id, model_device(model)
         self.keys: list[Hashable] = []
         self._params: list[SamplingParams] = []
-        self._samplers: list[_Sampler] = []
+        self._samplers: list[Sampler] = []
         self._counts: list[int] = []
         self._cache: Any = None
         self._mask = self._positions = self._logits = None
@@ -73,12 +74,12 @@ class RunningBatch:
                 that cannot be joined (see the module docstring).
         """
         for prompt, p in zip(prompts, params, strict=True):
-            _check(prompt, p)
+            check_request(prompt, p)
             if p.max_new_tokens < 1:
                 raise ValueError("rows joining a running batch need max_new_tokens >= 1")
         if not prompts:
             return
-        ids, mask, positions = _left_pad(prompts, self.pad_id, self.device)
+        ids, mask, positions = left_pad(prompts, self.pad_id, self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         state = (out.past_key_values, mask, positions[:, -1:], out.logits[:, -1, :])
         if self._cache is None:
@@ -87,7 +88,7 @@ class RunningBatch:
             self._join(*state)
         self.keys += list(keys)
         self._params += list(params)
-        self._samplers += [_Sampler(p, self.device) for p in params]
+        self._samplers += [Sampler(p, self.device) for p in params]
         self._counts += [0] * len(prompts)
 
     @torch.inference_mode()
@@ -101,7 +102,7 @@ class RunningBatch:
             `(key, token)` for every row that was running (its last token included).
         """
         stop = should_stop or (lambda _key: False)
-        tokens = _pick_all(self._samplers, self._logits)
+        tokens = pick_all(self._samplers, self._logits)
         produced = list(zip(self.keys, tokens))
         keep = []
         for i, (key, token) in enumerate(produced):
