@@ -37,15 +37,15 @@ from domaintune.methods.groups import LayerGroup, clip_grad_norms, param_groups,
 from domaintune.train import summary as facts
 from domaintune.train.callbacks import (METRICS_FILE, PLOT_FILE, GracefulStop, MetricsLog, ProgressBar, notify,
                                         plot_losses)
-from domaintune.train.checkpoint import (CHECKPOINTS_DIR, TrainState, check_free_disk, check_resume_recipe,
-                                         checkpoint_name, checkpoint_problem, latest_checkpoint, load_checkpoint,
-                                         save_checkpoint)
+from domaintune.train.checkpoint import (CHECKPOINTS_DIR, TrainState, checkpoint_name, checkpoint_problem,
+                                         latest_checkpoint, load_checkpoint, save_checkpoint)
 from domaintune.train.data import BatchStream, collate_rows, epoch_batches
 from domaintune.train.distributed import (Dist, accumulate_across, barrier, broadcast_object, check_world, gather_rng,
                                           rank_seed, restore_rank_rng, validation_loss_across)
 from domaintune.train.forgetting import EWC_FILE, Ewc, build_ewc
 from domaintune.train.inputs import Inputs
 from domaintune.train.loss import packing_supported
+from domaintune.train.resume_checks import check_free_disk, check_resume_recipe
 from domaintune.train.rng import capture_rng, restore_rng
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune
 

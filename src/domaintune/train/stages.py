@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from domaintune.config import TrainConfig
 from domaintune.errors import UserError
 from domaintune.train import summary as facts
-from domaintune.train.checkpoint import check_resume_recipe
+from domaintune.train.resume_checks import check_resume_recipe
 from domaintune.train.inputs import Inputs
 from domaintune.train.run import (RECIPE_FILE, SUMMARY_FILE, Shared, TrainResult, clear_old_checkpoints, seed_all,
                                   train_run)

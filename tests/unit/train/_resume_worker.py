@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from domaintune.train import checkpoint
+from domaintune.train import checkpoint, resume_checks
 from domaintune.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from domaintune.train.rng import capture_rng, restore_rng
 
@@ -157,7 +157,7 @@ def _run_one(cmd: dict) -> None:
     logging.basicConfig(level=logging.WARNING, filename=str(out.with_suffix(".log")), force=True)
     latest = None if cmd.get("no_save") else checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
-        checkpoint.check_resume_recipe((latest / "recipe.resolved.yaml").read_text(), RECIPE, force=False)
+        resume_checks.check_resume_recipe((latest / "recipe.resolved.yaml").read_text(), RECIPE, force=False)
     out.with_suffix(".resumed").write_text(latest.name if latest else "")
     model, state = train(None if cmd.get("no_save") else run_dir, cmd.get("steps", 6), resume_from=latest,
                          on_event=_killer(cmd.get("kill")))

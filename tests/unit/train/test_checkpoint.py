@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 
 from domaintune.errors import UserError
 from domaintune.train import checkpoint, rng
-from domaintune.train.checkpoint import (TrainState, check_free_disk, check_resume_recipe, checkpoint_name,
-                                         latest_checkpoint, load_checkpoint)
+from domaintune.train.checkpoint import TrainState, checkpoint_name, latest_checkpoint, load_checkpoint
+from domaintune.train.resume_checks import check_free_disk, check_resume_recipe
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("_resume_worker", HERE / "_resume_worker.py")
