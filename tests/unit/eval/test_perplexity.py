@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +14,8 @@ from domaintune.eval.perplexity import perplexity
 from domaintune.models.templates import get_template
 from domaintune.train.collate import IGNORE_INDEX, encode_record
 
-RECORDS = [
-    {"messages": [{"role": "user", "content": "What is the capital of France?"},
-                  {"role": "assistant", "content": "The capital of France is Paris."}]},
-    {"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                  {"role": "user", "content": "Please summarize the report."},
-                  {"role": "assistant", "content": "Machine learning models learn patterns from data."},
-                  {"role": "user", "content": "北京是中国的首都吗？"},
-                  {"role": "assistant", "content": "是的，北京是中国的首都。"}]},
-    {"text": "The patient reported a mild headache and was advised to rest."},
-]
+# Two chat records (one multi-turn, with Chinese) and one plain text record.
+RECORDS = [json.loads(line) for line in (Path(__file__).parents[2] / "assets" / "mixed_records.jsonl").open(encoding="utf-8")]
 
 
 def load(path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,16 +16,8 @@ from domaintune.train.collate import IGNORE_INDEX, TermWeighter, collate_packed,
 from domaintune.train.distill import check_vocab, distill_loss, load_teacher, make_distill_loss
 from domaintune.train.loss import causal_lm_loss, next_token_targets
 
-RECORDS = [
-    {"messages": [{"role": "user", "content": "What is the capital of France?"},
-                  {"role": "assistant", "content": "The capital of France is Paris."}]},
-    {"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                  {"role": "user", "content": "Please summarize the report."},
-                  {"role": "assistant", "content": "Machine learning models learn patterns from data."},
-                  {"role": "user", "content": "北京是中国的首都吗？"},
-                  {"role": "assistant", "content": "是的，北京是中国的首都。"}]},
-    {"text": "The patient reported a mild headache and was advised to rest."},
-]
+# Two chat records (one multi-turn, with Chinese) and one plain text record.
+RECORDS = [json.loads(line) for line in (Path(__file__).parents[2] / "assets" / "mixed_records.jsonl").open(encoding="utf-8")]
 
 
 @pytest.fixture
