@@ -21,7 +21,7 @@ from torch import nn
 from domaintune.config import IA3Options
 from domaintune.errors import UserError
 from domaintune.methods.base import register
-from domaintune.methods.lora import load_peft, resolve_targets, save_peft
+from domaintune.methods.lora import PeftSaved, resolve_targets
 
 KEY_VALUE = ("k_proj", "v_proj", "kv_b_proj")
 MLP_OUT = ("down_proj", "fc2", "c_proj", "w2")
@@ -58,19 +58,13 @@ def ia3_config(model: nn.Module, opts: IA3Options) -> IA3Config:
     return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward)
 
 
-class IA3:
+class IA3(PeftSaved):
     """IA3 (Liu et al., 2022): learned rescaling vectors, initialized to one."""
 
     name = "ia3"
 
     def apply(self, model: nn.Module, opts: IA3Options, *, tokenizer_path: Path | None = None) -> nn.Module:
         return get_peft_model(model, ia3_config(model, opts))
-
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        save_peft(model, out_dir, self.name)
-
-    def load(self, base_model: nn.Module, out_dir: Path) -> nn.Module:
-        return load_peft(base_model, out_dir)
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Multiply the vectors into the scaled weights (in place) and return the plain model."""

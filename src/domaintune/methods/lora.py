@@ -113,7 +113,19 @@ def load_peft(base_model: nn.Module, out_dir: Path) -> nn.Module:
         return PeftModel.from_pretrained(base_model, str(out_dir))
 
 
-class Lora:
+class PeftSaved:
+    """`save` and `load` of the methods whose result is a PEFT adapter folder (plus method.json)."""
+
+    name: str
+
+    def save(self, model: nn.Module, out_dir: Path) -> None:
+        save_peft(model, out_dir, self.name)
+
+    def load(self, base_model: nn.Module, out_dir: Path) -> nn.Module:
+        return load_peft(base_model, out_dir)
+
+
+class Lora(PeftSaved):
     """LoRA: trainable low-rank updates B·A beside frozen linear weights."""
 
     name = "lora"
@@ -121,12 +133,6 @@ class Lora:
     def apply(self, model: nn.Module, opts: LoraOptions, *, tokenizer_path: Path | None = None) -> nn.Module:
         with v5_names_as_given():
             return get_peft_model(model, lora_config(model, opts))
-
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        save_peft(model, out_dir, self.name)
-
-    def load(self, base_model: nn.Module, out_dir: Path) -> nn.Module:
-        return load_peft(base_model, out_dir)
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold B·A into the base weights (in place) and return the plain model."""

@@ -23,7 +23,7 @@ from torch import nn
 from domaintune.config import PrefixOptions
 from domaintune.errors import UserError
 from domaintune.methods.base import register
-from domaintune.methods.lora import load_peft, save_peft
+from domaintune.methods.lora import PeftSaved
 
 
 def check_cache_layout(model: nn.Module) -> None:
@@ -37,7 +37,7 @@ def check_cache_layout(model: nn.Module) -> None:
             "per-head keys and values peft's prefixes are made of", hint="use method: prompt or method: lora")
 
 
-class Prefix:
+class Prefix(PeftSaved):
     """Prefix tuning (Li and Liang, 2021)."""
 
     name = "prefix"
@@ -47,12 +47,6 @@ class Prefix:
         config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=opts.num_virtual_tokens,
                                     prefix_projection=opts.prefix_projection)
         return get_peft_model(model, config)
-
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        save_peft(model, out_dir, self.name)
-
-    def load(self, base_model: nn.Module, out_dir: Path) -> nn.Module:
-        return load_peft(base_model, out_dir)
 
     def merge(self, model: nn.Module) -> None:
         """None: see the module docstring (a prefix is context, not a weight change)."""

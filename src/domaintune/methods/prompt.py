@@ -23,7 +23,7 @@ from torch import nn
 from domaintune.config import PromptOptions
 from domaintune.errors import UserError
 from domaintune.methods.base import register
-from domaintune.methods.lora import load_peft, save_peft
+from domaintune.methods.lora import PeftSaved
 
 
 def prompt_config(model: nn.Module, opts: PromptOptions, tokenizer_path: Path | None) -> PromptTuningConfig:
@@ -40,19 +40,13 @@ def prompt_config(model: nn.Module, opts: PromptOptions, tokenizer_path: Path | 
                               tokenizer_name_or_path=str(folder))
 
 
-class Prompt:
+class Prompt(PeftSaved):
     """Prompt tuning (Lester et al., 2021)."""
 
     name = "prompt"
 
     def apply(self, model: nn.Module, opts: PromptOptions, *, tokenizer_path: Path | None = None) -> nn.Module:
         return get_peft_model(model, prompt_config(model, opts, tokenizer_path))
-
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        save_peft(model, out_dir, self.name)
-
-    def load(self, base_model: nn.Module, out_dir: Path) -> nn.Module:
-        return load_peft(base_model, out_dir)
 
     def merge(self, model: nn.Module) -> None:
         """None: see the module docstring (a soft prompt is input, not a weight change)."""

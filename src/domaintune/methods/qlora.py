@@ -30,7 +30,7 @@ from torch import nn
 from domaintune.config import QLoraOptions
 from domaintune.errors import UserError
 from domaintune.methods.base import register
-from domaintune.methods.lora import load_peft, lora_config, save_peft, v5_names_as_given
+from domaintune.methods.lora import PeftSaved, lora_config, v5_names_as_given
 
 
 def require_gpu() -> None:
@@ -69,7 +69,7 @@ def load_quantized(path: str | Path, opts: QLoraOptions) -> nn.Module:
         device_map={"": torch.cuda.current_device()}, use_safetensors=True)
 
 
-class QLora:
+class QLora(PeftSaved):
     """LoRA over a frozen 4-bit base."""
 
     name = "qlora"
@@ -81,12 +81,6 @@ class QLora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
         with v5_names_as_given():
             return get_peft_model(model, lora_config(model, opts))
-
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        save_peft(model, out_dir, self.name)
-
-    def load(self, base_model: nn.Module, out_dir: Path) -> nn.Module:
-        return load_peft(base_model, out_dir)
 
     def merge(self, model: nn.Module) -> None:
         """None: see the module docstring (merge onto a full-precision base with the lora method)."""
