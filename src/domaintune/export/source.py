@@ -53,7 +53,7 @@ def open_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
     """Read a run folder's recipe and find its trained artifact.
 
     Args:
-        run_dir: the folder `domaintune train` wrote.
+        run_dir: the folder `domaintune train` wrote, or its `adapter/` or `model/` folder.
 
     Returns:
         The run's facts; nothing heavy is loaded.
@@ -69,6 +69,8 @@ def open_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
     from domaintune.methods.base import saved_method
 
     folder = Path(run_dir).expanduser()
+    if folder.name in ARTIFACT_DIRS and (folder.parent / RECIPE_FILE).is_file():
+        folder = folder.parent  # `runs/demo/adapter` stands for its run, as eval and serve read it
     if not folder.is_dir():
         raise UserError(f"run folder '{folder}' not found", hint="pass the train.output_dir of a finished run")
     recipe_path = folder / RECIPE_FILE

@@ -12,6 +12,7 @@ def test_open_run_reads_recipe_and_method(lora_run, tiny_llama):
     run = open_run(lora_run)
     assert (run.base, run.template_name, run.method, run.is_peft) == (str(tiny_llama), "chatml", "lora", True)
     assert run.artifact == lora_run / "adapter"
+    assert open_run(lora_run / "adapter") == run  # the adapter folder stands for its run
 
 
 @pytest.mark.parametrize("layout, match", [
