@@ -10,23 +10,13 @@ prompts (`export_report.json`/`.md` in the output folder). Names are imported la
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from domaintune.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "run_export": "run", "check_format": "run", "FORMATS": "run",
     "ExportReport": "table", "VariantRow": "table", "ParityRow": "table",
     "load_int8": "quantize", "quantize_int8": "quantize", "save_int8": "quantize", "Int8Linear": "quantize",
     "write_gguf": "gguf", "QUANTS": "gguf",
     "jinja_template": "chat_formats", "ollama_template": "chat_formats",
     "open_run": "source", "TrainedRun": "source",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'domaintune.export' has no attribute {name!r}")
-    module = importlib.import_module(f"domaintune.export.{_EXPORTS[name]}")
-    return getattr(module, name)
+})

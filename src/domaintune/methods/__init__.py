@@ -11,20 +11,10 @@ nothing until a method is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from domaintune.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "Method": "base", "REGISTRY": "base", "register": "base", "get_method": "base", "all_methods": "base",
     "TrainableReport": "base", "trainable_report": "base", "saved_method": "base",
     "LayerGroup": "groups", "parse_layer_spec": "groups", "param_groups": "groups", "clip_grad_norms": "groups",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'domaintune.methods' has no attribute {name!r}")
-    module = importlib.import_module(f"domaintune.methods.{_EXPORTS[name]}")
-    return getattr(module, name)
+})

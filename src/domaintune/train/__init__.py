@@ -6,20 +6,11 @@ torch until a name is used.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from domaintune.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "Example": "collate", "Encoded": "collate", "IGNORE_INDEX": "collate", "encode_record": "collate",
     "pack_examples": "collate", "collate_packed": "collate", "collate_padded": "collate",
     "length_grouped_order": "collate",
     "causal_lm_loss": "loss", "token_counts": "loss", "packing_supported": "loss",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"domaintune.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'domaintune.train' has no attribute {name!r}")
+})
