@@ -90,8 +90,8 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
     settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             seed=cfg.seed, batch_size=cfg.batch_size, few_shot=cfg.few_shot,
                             few_shot_by=cfg.few_shot_by, label_field=cfg.label_field, text_metrics=cfg.text_metrics,
-                            json_fields=cfg.json_fields, perplexity=cfg.perplexity, max_len=cfg.max_len, latency_prompts=cfg.latency_prompts,
-                            latency_tokens=cfg.latency_tokens)
+                            json_fields=cfg.json_fields, perplexity=cfg.perplexity, max_len=cfg.max_len,
+                            latency_prompts=cfg.latency_prompts, latency_tokens=cfg.latency_tokens)
     describe = {**loaded.describe, "data": str(data.path), "data_sha256": data.sha256}
     result = run_eval(loaded.model, loaded.tokenizer, loaded.template, records, settings,
                       pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,

@@ -272,36 +272,19 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
 def _stream_cached(model: Any, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], pad_id: int,
                    should_stop: Callable[[int], bool]) -> Iterator[Step]:
     # The decorator (not a `with` block) re-enters inference mode around each step, so it never
-    # leaks into the caller's code between yields.
-    device = model_device(model)
+    # leaks into the caller's code between yields. The state is a `RunningBatch` that nobody joins
+    # (the server's continuous batching is the same object with joins); imported here because
+    # running.py builds on this module's helpers.
+    from domaintune.models.running import RunningBatch
+
     rows = [r for r, p in enumerate(params) if p.max_new_tokens > 0 and not should_stop(r)]
     if not rows:
         return
-    samplers = [Sampler(p, device) for p in params]
-    counts = [0] * len(prompts)
-    ids, mask, positions = left_pad([prompts[r] for r in rows], pad_id, device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, positions = out.past_key_values, positions[:, -1:]
-    while True:
-        tokens = pick_all([samplers[r] for r in rows], out.logits[:, -1, :])
-        yield list(zip(rows, tokens))
-        keep = []
-        for i, (row, token) in enumerate(zip(rows, tokens)):
-            counts[row] += 1
-            if not (token in params[row].stop_ids or counts[row] >= params[row].max_new_tokens or should_stop(row)):
-                keep.append(i)
-        if not keep:
-            return
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, positions = mask[index], positions[index]
-            rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        positions = positions + 1
-        step_ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+    batch = RunningBatch(model, pad_id)
+    batch.add(rows, [prompts[r] for r in rows], [params[r] for r in rows])
+    while batch:
+        yield batch.pick()  # the caller sees a step's tokens before `should_stop` is asked
+        batch.advance(should_stop)
 
 
 # ---- prompt/prefix tuning: one row at a time, no cache -----------------------------------------

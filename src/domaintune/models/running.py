@@ -21,9 +21,10 @@ the old way, one fixed batch at a time.
     batch = RunningBatch(model, pad_id=0)
     batch.add([7, 8], [[1, 2, 3], [4, 5]], [SamplingParams(max_new_tokens=8)] * 2)
     while batch:
-        for key, token in batch.step():
-            ...
-        batch.add(...)   # new rows join here
+        for key, token in batch.pick():
+            ...                           # hand the tokens on
+        batch.advance(should_stop)        # rows that are done leave, the rest decode one step
+        batch.add(...)                    # new rows join here
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ class RunningBatch:
 
     def __init__(self, model: Any, pad_id: int) -> None:
         self.model, self.pad_id, self.device = model, pad_id, model_device(model)
+        self._reset()
+
+    def _reset(self) -> None:
         self.keys: list[Hashable] = []
         self._params: list[SamplingParams] = []
         self._samplers: list[Sampler] = []
         self._counts: list[int] = []
+        self._picked: list[int] = []
         self._cache: Any = None
         self._mask = self._positions = self._logits = None
 
@@ -91,21 +96,28 @@ class RunningBatch:
         self._samplers += [Sampler(p, self.device) for p in params]
         self._counts += [0] * len(prompts)
 
-    @torch.inference_mode()
     def step(self, should_stop: Callable[[Hashable], bool] | None = None) -> list[tuple[Hashable, int]]:
-        """Pick every row's next token, drop the rows that are done, and run the model one step.
+        """`pick`, then `advance`: one whole decoding step; returns what `pick` returned."""
+        produced = self.pick()
+        self.advance(should_stop)
+        return produced
+
+    def pick(self) -> list[tuple[Hashable, int]]:
+        """Every running row's next token, as `(key, token)`; call `advance` before picking again."""
+        self._picked = pick_all(self._samplers, self._logits)
+        return list(zip(self.keys, self._picked))
+
+    @torch.inference_mode()
+    def advance(self, should_stop: Callable[[Hashable], bool] | None = None) -> None:
+        """Drop the rows done after their picked token, and run the model one step for the others.
 
         Args:
-            should_stop: called with a row's key after its token; True drops the row.
-
-        Returns:
-            `(key, token)` for every row that was running (its last token included).
+            should_stop: called with a row's key after its token was picked (and, when the caller
+                looked at the tokens first, handed on); True drops the row.
         """
         stop = should_stop or (lambda _key: False)
-        tokens = pick_all(self._samplers, self._logits)
-        produced = list(zip(self.keys, tokens))
-        keep = []
-        for i, (key, token) in enumerate(produced):
+        tokens, keep = self._picked, []
+        for i, (key, token) in enumerate(zip(self.keys, tokens)):
             self._counts[i] += 1
             p = self._params[i]
             if not (token in p.stop_ids or self._counts[i] >= p.max_new_tokens or stop(key)):
@@ -118,13 +130,12 @@ class RunningBatch:
             out = self.model(input_ids=step_ids, attention_mask=self._mask, position_ids=self._positions,
                              past_key_values=self._cache, use_cache=True, logits_to_keep=1)
             self._logits = out.logits[:, -1, :]
-        return produced
 
     def _select(self, keep: list[int]) -> None:
         if len(keep) == len(self.keys):
             return
         if not keep:
-            self.__init__(self.model, self.pad_id)  # empty: the next add starts afresh
+            self._reset()  # empty: the next add starts afresh
             return
         index = torch.tensor(keep, device=self.device)
         self._cache.batch_select_indices(index)

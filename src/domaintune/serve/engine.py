@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -260,12 +260,13 @@ class Engine:
         running = RunningBatch(model, self.pad_id)
         self._admit(running, batch, range(len(batch.rows)))
         while running:
-            batch.deliver(running.step(batch.should_stop))
+            batch.deliver(running.pick())
+            running.advance(batch.should_stop)
             joining = self._joining(route, len(running))
             if joining:
                 self._admit(running, batch, batch.extend(joining))
 
-    def _admit(self, running: RunningBatch, batch: _Batch, ks: range) -> None:
+    def _admit(self, running: RunningBatch, batch: _Batch, ks: Iterable[int]) -> None:
         ks = [k for k in ks if not batch.done[k]]
         empty = [k for k in ks if batch.params[k].max_new_tokens < 1]
         for k in empty:
@@ -320,7 +321,7 @@ class _Batch:
         job, i = self.rows[k]
         reason = job.drop_reason(i, time.monotonic())
         if reason is not None:
-            self._finish(k, reason)
+            self.finish(k, reason)
         return reason is not None
 
     def deliver(self, step: Sequence[tuple[int, int]]) -> None:
@@ -334,14 +335,14 @@ class _Batch:
             tell(job, Tokens(tuple(pairs)))
         for k, token in step:
             if token in self.params[k].stop_ids:
-                self._finish(k, "stop")
+                self.finish(k, "stop")
             elif self.counts[k] >= self.params[k].max_new_tokens:
-                self._finish(k, "length")
+                self.finish(k, "length")
 
     def finish_rest(self) -> None:
         # A row the decoder ended silently (max_new_tokens 0) still owes its job a Finished.
         for k in range(len(self.rows)):
-            self._finish(k, "length")
+            self.finish(k, "length")
 
     def fail(self, message: str) -> None:
         for job in {id(job): job for job, _ in self.rows}.values():
@@ -351,9 +352,6 @@ class _Batch:
 
     def finish(self, k: int, reason: str) -> None:
         """End row `k` with `reason` (once)."""
-        self._finish(k, reason)
-
-    def _finish(self, k: int, reason: str) -> None:
         if not self.done[k]:
             self.done[k] = True
             job, i = self.rows[k]
