@@ -42,7 +42,7 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
     Args:
         model: the base model ("embedded", a folder or a .gguf file).
         adapters: {name: run folder or adapter folder}; a request's `model` field picks one by name.
-        template: the chat template (runs record theirs; "auto" takes the tokenizer's).
+        template: the chat template; "auto": the one the adapters' runs recorded, else the tokenizer's.
         host, port: where to listen (loopback unless told otherwise).
         api_key: required bearer key (default: $DOMAINTUNE_API_KEY; none: open).
         threads: CPU threads for generation.

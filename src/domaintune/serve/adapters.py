@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from domaintune.errors import UserError
+from domaintune.methods.artifact import find_artifact
 from domaintune.methods.base import METHOD_FILE, get_method, read_method_file
 from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import ChatTemplate, get_template
@@ -120,7 +121,8 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     Args:
         model: "embedded", a model folder or a .gguf file (as `models.load.load_model`).
         adapters: served name -> run folder, artifact folder or PEFT folder.
-        template: the chat template name training used (`models.templates.TEMPLATE_NAMES`).
+        template: the chat template name training used (`models.templates.TEMPLATE_NAMES`);
+            "auto" takes the one the adapters' runs recorded (`serving_template`).
         base_name: the name the base is served under (default: "embedded" or the folder's name).
         max_context: cap on prompt plus reply tokens (default: the model's
             `max_position_embeddings`).
@@ -142,7 +144,7 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     base_name = base_name or default_base_name(model)
     check_names(base_name, adapters)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    tpl = get_template(template, tokenizer)
+    tpl = get_template(serving_template(template, adapters.values()), tokenizer)
 
     def fresh_base() -> Any:
         return load_model(model, dtype=dtype, trust_remote_code=trust_remote_code).eval()
@@ -162,6 +164,26 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     base = Route(shared, disable=hasattr(shared, "peft_config"))
     return ServedModels(base_name, tokenizer, tpl, Codec(tokenizer, tpl), context, {base_name: base, **routes},
                         temperature, top_p)
+
+
+def serving_template(requested: str, adapters: Iterable[str | Path]) -> str:
+    """The template to serve with: `requested`, or for "auto" the one the adapters were trained with.
+
+    A run records its template in recipe.resolved.yaml (`methods.artifact.find_artifact`); serving
+    an adapter with another template is the train/serve mismatch that quietly degrades answers.
+    Plain PEFT folders record none; with none recorded, "auto" (the tokenizer's own) stays.
+
+    Raises:
+        UserError: the adapters were trained with different templates (one server renders one).
+    """
+    if requested != "auto":
+        return requested
+    folders = [artifact_folder(path) for path in adapters]
+    recorded = {find_artifact(f).template for f in folders if (f / METHOD_FILE).is_file()} - {None, "auto"}
+    if len(recorded) > 1:
+        raise UserError(f"the adapters were trained with different chat templates: {', '.join(sorted(recorded))}",
+                        hint="serve them from separate servers, or pass --template to choose one")
+    return recorded.pop() if recorded else requested
 
 
 def check_names(base_name: str, adapters: Mapping[str, Any]) -> None:

@@ -99,3 +99,21 @@ def test_sampling_defaults_follow_a_shipped_generation_config(tiny_llama):
     assert sampling_defaults(model) == (0.6, 0.9)
     model.generation_config = GenerationConfig(do_sample=False)
     assert sampling_defaults(model) == (0.0, 1.0)
+
+
+def test_auto_serves_with_the_template_the_runs_recorded(tiny_llama, lora_runs, tmp_path):
+    import shutil
+
+    from domaintune.serve.adapters import serving_template
+
+    runs = {}
+    for name, template in (("a", "chatml"), ("b", "deepseek_llm")):
+        runs[name] = tmp_path / name
+        shutil.copytree(lora_runs["tuned"], runs[name])
+        (runs[name] / "recipe.resolved.yaml").write_text(f"model:\n  name: {tiny_llama}\n  template: {template}\n")
+    assert serving_template("auto", [runs["a"]]) == serving_template("auto", [runs["a"] / "adapter"]) == "chatml"
+    assert serving_template("deepseek_llm", [runs["a"]]) == "deepseek_llm"  # asked for: wins
+    assert serving_template("auto", [lora_runs["tuned"]]) == "auto"  # nothing recorded: the tokenizer's
+    with pytest.raises(UserError, match="different chat templates"):
+        serving_template("auto", runs.values())
+    assert load_served(str(tiny_llama), {"a": runs["a"]}).template.name == "chatml"
