@@ -19,24 +19,15 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 def stop_token_ids(template: Any, tokenizer: Any) -> list[int]:
-    """Ids of the template's stop strings that are single tokens of the vocabulary, EOS last.
-
-    Args:
-        template: the training `ChatTemplate` (its `stop` strings).
-        tokenizer: the model's tokenizer.
-
-    Returns:
-        Unique ids, in the template's order; strings the vocabulary lacks are skipped.
+    """`eval.generate.stop_token_ids` as a list (what generation_config.json takes).
 
     Example:
         >>> stop_token_ids(get_template("chatml"), smollm_tokenizer)   # doctest: +SKIP
         [2, 0]
     """
-    vocab = tokenizer.get_vocab()
-    ids = [vocab[s] for s in template.stop if s in vocab]
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return list(dict.fromkeys(ids))
+    from domaintune.eval.generate import stop_token_ids as generation_stops
+
+    return list(generation_stops(template, tokenizer))
 
 
 def save_tokenizer(tokenizer: Any, chat_template: str, out: Path) -> None:

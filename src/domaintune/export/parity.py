@@ -98,8 +98,10 @@ def cases_from_records(records: Sequence[Mapping[str, Any]] | None, limit: int) 
 
 
 def training_prompt_ids(template: Any, tokenizer: Any, cases: Sequence[Case]) -> list[list[int]]:
-    """Prompt ids as training builds them: the `ChatTemplate` text, tokenized without added specials."""
-    return [_encode(tokenizer, template.render(list(c.messages), add_generation_prompt=True)) for c in cases]
+    """Prompt ids as training builds them (`eval.generate.prompt_ids`, which eval decodes with too)."""
+    from domaintune.eval.generate import prompt_ids
+
+    return [prompt_ids(template, tokenizer, list(c.messages)) for c in cases]
 
 
 def shipped_prompt_ids(tokenizer: Any, cases: Sequence[Case]) -> list[list[int]]:

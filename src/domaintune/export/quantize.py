@@ -105,6 +105,11 @@ def _kernel_works() -> bool:
 _KERNEL_OK = _kernel_works()
 
 
+def kernel_available() -> bool:
+    """Whether `Int8Linear` runs torch's int8 kernel here (else the float32 fallback)."""
+    return _KERNEL_OK
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every `nn.Linear` but the LM head by an `Int8Linear`, in place.
 

@@ -282,7 +282,7 @@ def _write_int8(ctx: Context, merged: Any) -> Exported:
     quantize.save_int8(quantize.quantize_int8(merged), ctx.out)
     save_tokenizer(ctx.tokenizer, ctx.chat_template, ctx.out)
     save_generation_config(ctx.tokenizer, ctx.stop_ids, ctx.out)
-    kernel = "the bf16 int8 kernel" if quantize._KERNEL_OK else "the float32 fallback (no int8 kernel in this torch)"
+    kernel = "the bf16 int8 kernel" if quantize.kernel_available() else "the float32 fallback (no int8 kernel in this torch)"
     commands = {"python": f"from domaintune.export.quantize import load_int8; model = load_int8('{ctx.out}')"}
     return Exported("int8 weight-only", quantize.load_int8(ctx.out), AutoTokenizer.from_pretrained(str(ctx.out)),
                     commands, [f"int8 layers run {kernel}; the LM head stays float32"], extra_rows=[fp32_row])

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from domaintune.errors import UserError
+from domaintune.methods.artifact import KINDS as ARTIFACT_DIRS
+from domaintune.methods.artifact import RECIPE_FILE
 
-RECIPE_FILE = "recipe.resolved.yaml"  # written by train/loop.py (RECIPE_FILE there)
-ARTIFACT_DIRS = ("adapter", "model")
 
 
 @dataclass(frozen=True)
