@@ -395,7 +395,8 @@ class Run:
             grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
         try:
             return save_checkpoint(self.run_dir, self.state.step, self.params, self.optimizer, self.scheduler,
-                                   self.state, self.recipe_yaml, capture_rng(), keep_last=self.cfg.keep_checkpoints,
+                                   self.state, self.recipe_yaml, ranks_rng[0] if ranks_rng else capture_rng(),
+                                   keep_last=self.cfg.keep_checkpoints,
                                    accum_grads=grads)
         finally:
             self.state.extra.pop("rank_rng", None)
