@@ -47,7 +47,7 @@ def demo(output_dir: str = "demo_out", *, quick: bool = False, overrides: list[s
         output_dir: where everything is written.
         quick: a CI-sized run (`QUICK` overrides): same steps, small numbers.
         overrides: extra `--set` style overrides.
-        progress: progress bars for prepare and train.
+        progress: progress bars for prepare, train and eval.
         step: called with a short description as each stage starts.
 
     Returns:
@@ -62,19 +62,21 @@ def demo(output_dir: str = "demo_out", *, quick: bool = False, overrides: list[s
     evals = {}
     base = load_for_eval(recipe)
     say("evaluate the base model, zero-shot")
-    evals["base"] = evaluate(recipe, output_dir=str(out / "eval" / "base"), loaded=base)
+    evals["base"] = evaluate(recipe, output_dir=str(out / "eval" / "base"), loaded=base, progress=progress)
     shots = recipe.eval.few_shot or 3
     say(f"evaluate the base model, {shots}-shot")
     # Latency and perplexity (which reads each record without examples) are the model's, measured
     # in the zero-shot pass; the few-shot pass only adds answers.
     few = recipe.model_copy(update={"eval": recipe.eval.model_copy(
         update={"few_shot": shots, "latency_prompts": 0, "perplexity": False})})
-    evals[f"base-{shots}shot"] = evaluate(few, output_dir=str(out / "eval" / f"base-{shots}shot"), loaded=base)
+    evals[f"base-{shots}shot"] = evaluate(few, output_dir=str(out / "eval" / f"base-{shots}shot"), loaded=base,
+                                         progress=progress)
     del base
     say("LoRA-train on the training split")
     run = train(recipe, force=True, progress=progress)
     say("evaluate the tuned model")
-    evals["tuned"] = evaluate(recipe, adapter=str(run.run_dir), output_dir=str(out / "eval" / "tuned"))
+    evals["tuned"] = evaluate(recipe, adapter=str(run.run_dir), output_dir=str(out / "eval" / "tuned"),
+                              progress=progress)
     say("compare with paired significance tests")
     comparisons = {name: compare(recipe, str(out / "eval" / name), str(out / "eval" / "tuned"),
                                  output_dir=str(out / "compare" / f"{name}-vs-tuned"), names=(name, "tuned"))

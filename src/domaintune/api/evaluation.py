@@ -59,7 +59,7 @@ def load_for_eval(recipe: Recipe, adapter: str | None = None, model: str | None 
 
 def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = None, *,
              output_dir: str | None = None, loaded: Loaded | None = None,
-             step: Callable[[str], None] | None = None):
+             step: Callable[[str], None] | None = None, progress: bool = True):
     """Evaluate a model on the recipe's eval data and write report.json, predictions.jsonl, report.html.
 
     Args:
@@ -68,6 +68,7 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
         output_dir: overrides `eval.output_dir`.
         loaded: an already loaded model (the demo evaluates one base several ways).
         step: progress callback, called with each step's name.
+        progress: bars with ETA while generating and scoring.
 
     Returns:
         `(EvalResult, {"report", "predictions", "html": Path})`.
@@ -95,7 +96,8 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
     describe = {**loaded.describe, "data": str(data.path), "data_sha256": data.sha256}
     result = run_eval(loaded.model, loaded.tokenizer, loaded.template, records, settings,
                       pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,
-                      training_texts=_answers(pool) if cfg.leak_check and pool else None, step=step)
+                      training_texts=_answers(pool) if cfg.leak_check and pool else None, step=step,
+                      progress=progress)
     paths = write_eval(result, Path(output_dir or cfg.output_dir), loss_curve=loaded.loss_curve)
     return result, paths
 

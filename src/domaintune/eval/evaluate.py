@@ -26,6 +26,7 @@ from typing import Any
 
 from domaintune.errors import UserError
 from domaintune.eval import metrics as m
+from domaintune.progress import bar
 
 REPORT_FILE, PREDICTIONS_FILE, HTML_FILE = "report.json", "predictions.jsonl", "report.html"
 
@@ -76,7 +77,8 @@ class EvalResult:
 def evaluate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mapping[str, Any]],
              settings: EvalSettings, *, pool: Sequence[Mapping[str, Any]] | None = None,
              general: Sequence[Mapping[str, Any]] | None = None, training_texts: Sequence[str] | None = None,
-             describe: Mapping[str, Any] | None = None, step: Callable[[str], None] | None = None) -> EvalResult:
+             describe: Mapping[str, Any] | None = None, step: Callable[[str], None] | None = None,
+             progress: bool = False) -> EvalResult:
     """Evaluate `model` on `records` and return the report and per-example predictions.
 
     Args:
@@ -89,6 +91,7 @@ def evaluate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mappin
         training_texts: the training answers, for the verbatim-memorization check (None: skipped).
         describe: what is evaluated (model, adapter, data path and hash), copied into the report.
         step: called with the name of each step as it starts (progress display).
+        progress: progress bars with ETA for generation and perplexity (on stderr).
 
     Returns:
         An `EvalResult`.
@@ -104,11 +107,13 @@ def evaluate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mappin
 
     with merged_adapter(model):  # LoRA/IA3 merged: the same outputs, decoding about twice as fast
         step("generate")
-        rows = _generate(model, tokenizer, template, records, settings, pool)
+        with bar("generate", len(records), progress) as advance:
+            rows = _generate(model, tokenizer, template, records, settings, pool, advance)
         metrics, per_example, labels = _score(rows, records, settings)
         if settings.perplexity:
             step("perplexity")
-            ppl = perplexity(model, tokenizer, template, records, max_len=settings.max_len)
+            with bar("perplexity", len(records), progress) as advance:
+                ppl = perplexity(model, tokenizer, template, records, max_len=settings.max_len, progress=advance)
             metrics["perplexity"] = ppl["ppl"]
             per_example["nll"] = ppl["per_example_nll"]
         step("latency")
@@ -124,14 +129,15 @@ def evaluate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mappin
 
 
 def _generate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mapping[str, Any]],
-              settings: EvalSettings, pool: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+              settings: EvalSettings, pool: Sequence[Mapping[str, Any]] | None,
+              progress: Callable[[int], None]) -> list[dict[str, Any]]:
     from domaintune.eval.generate import generate_answers
     from domaintune.models.decode import SamplingParams
 
     params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                             top_p=settings.top_p, seed=settings.seed)
     return generate_answers(model, tokenizer, template, records, params, batch_size=settings.batch_size,
-                            few_shot=_few_shot(settings, pool))
+                            few_shot=_few_shot(settings, pool), progress=progress)
 
 
 def _few_shot(settings: EvalSettings, pool: Sequence[Mapping[str, Any]] | None):

@@ -133,8 +133,8 @@ def answer_text(tokenizer: Any, template: ChatTemplate, gen: Generation) -> str:
 
 
 def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records: Sequence[Mapping[str, Any]],
-                     params: SamplingParams, *, batch_size: int = 16,
-                     few_shot: FewShot | None = None) -> list[dict[str, Any]]:
+                     params: SamplingParams, *, batch_size: int = 16, few_shot: FewShot | None = None,
+                     progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Generate the last assistant turn of each record.
 
     Args:
@@ -146,6 +146,7 @@ def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records
         batch_size: prompts decoded together.
         few_shot: optional `record -> messages` (e.g. a `functools.partial` of
             `eval.fewshot.few_shot_messages`) that puts examples before each test conversation.
+        progress: called with the number of records each finished decoding batch held.
 
     Returns:
         One dict per record, in order: `prompt` (the last user message), `prompt_text` (the
@@ -165,7 +166,7 @@ def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records
     splits = [split_last_turn(_conversation(r, few_shot)) for r in records]
     prompts = [prompt_ids(template, tokenizer, messages) for messages, _ in splits]
     with eval_mode(model):
-        gens = generate(model, prompts, params, _pad_id(tokenizer), batch_size=batch_size)
+        gens = generate(model, prompts, params, _pad_id(tokenizer), batch_size=batch_size, progress=progress)
     return [_row(tokenizer, template, r, messages, ref, gen)
             for r, (messages, ref), gen in zip(records, splits, gens)]
 

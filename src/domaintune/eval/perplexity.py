@@ -16,7 +16,7 @@ of every example, `ppl = exp(mean_nll)`, which is what validation loss reports.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -99,7 +99,7 @@ def per_example(values: torch.Tensor, examples: Sequence[Example]) -> list[torch
 
 
 def perplexity(model: Any, tokenizer: Any, template: ChatTemplate, records: Sequence[Mapping[str, Any]], *,
-               max_len: int = 1024) -> dict[str, Any]:
+               max_len: int = 1024, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Perplexity of `model` on the assistant tokens of `records`.
 
     Args:
@@ -108,6 +108,7 @@ def perplexity(model: Any, tokenizer: Any, template: ChatTemplate, records: Sequ
         template: the chat template training used.
         records: prepared records (chat or text).
         max_len: longer records are truncated to their first `max_len` tokens.
+        progress: called with the number of records each scored batch held.
 
     Returns:
         `ppl` (exp of `mean_nll`), `mean_nll` (nats per scored token, token-weighted), `tokens`
@@ -130,6 +131,8 @@ def perplexity(model: Any, tokenizer: Any, template: ChatTemplate, records: Sequ
             ce = F.cross_entropy(logits.float(), targets, reduction="none")
             for i, part in zip(indices, per_example(ce, [examples[j] for j in indices])):
                 nll[i], counts[i] = (float(part.mean()), part.numel()) if part.numel() else (None, 0)
+            if progress is not None:
+                progress(len(indices))
     total = sum(counts)
     mean = sum(v * n for v, n in zip(nll, counts) if v is not None) / total if total else float("nan")
     return {"ppl": math.exp(mean) if total else float("nan"), "mean_nll": mean, "tokens": total,

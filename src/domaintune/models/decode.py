@@ -119,7 +119,7 @@ def decode_stream(model: Any, prompts: Sequence[Sequence[int]], params: Sampling
 
 
 def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
-             pad_id: int, *, batch_size: int = 16) -> list[Generation]:
+             pad_id: int, *, batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[Generation]:
     """Generate for many prompts in batches of similar length; results in input order.
 
     Args:
@@ -128,6 +128,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParam
         params: one `SamplingParams` for all, or one per prompt.
         pad_id: the padding id.
         batch_size: prompts decoded together.
+        progress: called with the number of prompts each finished batch held (a progress bar).
 
     Returns:
         One `Generation` per prompt, in the order of `prompts`.
@@ -151,6 +152,8 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParam
         gens = _generate_batch(model, [prompts[i] for i in batch], [rows[i] for i in batch], pad_id)
         for i, gen in zip(batch, gens):
             results[i] = gen
+        if progress is not None:
+            progress(len(batch))
     return results  # type: ignore[return-value]
 
 

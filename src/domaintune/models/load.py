@@ -123,8 +123,24 @@ def load_model(spec: str | os.PathLike[str] = "embedded", dtype: torch.dtype = t
     """
     from transformers import AutoModelForCausalLM
 
+    quiet_library_deprecations()
     return AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype, use_safetensors=True,
                                                 trust_remote_code=trust_remote_code)
+
+
+# Deprecated calls that the libraries make to each other, not we (tests/conftest.py fails the suite
+# on ours): a user cannot act on them. peft 0.21 asks transformers for `is_gradient_checkpointing`
+# in get_peft_model and passes prefix tuning's prompt as `past_key_values`; transformers 5.24
+# renamed both (`is_activation_checkpointing`, `cache`).
+LIBRARY_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated", r"`past_key_values` is deprecated")
+
+
+def quiet_library_deprecations() -> None:
+    """Hide the `LIBRARY_DEPRECATIONS` FutureWarnings for the rest of the process."""
+    import warnings
+
+    for message in LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 # ---- local folders -----------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class RunningBatch:
             return
         ids, mask, positions = left_pad(prompts, self.pad_id, self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        state = (out.past_key_values, mask, positions[:, -1:], out.logits[:, -1, :])
+        state = (out.cache, mask, positions[:, -1:], out.logits[:, -1, :])
         if self._cache is None:
             self._cache, self._mask, self._positions, self._logits = state
         else:
@@ -128,7 +128,7 @@ class RunningBatch:
             self._mask = torch.cat([self._mask, self._mask.new_ones((len(keep), 1))], dim=1)
             self._positions = self._positions + 1
             out = self.model(input_ids=step_ids, attention_mask=self._mask, position_ids=self._positions,
-                             past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+                             cache=self._cache, use_cache=True, logits_to_keep=1)
             self._logits = out.logits[:, -1, :]
 
     def _select(self, keep: list[int]) -> None:

@@ -207,17 +207,47 @@ def test_lora_peft_model_decodes_batched(tiny_llama, prompts, tiny_tokenizer):
     assert base != batched  # the adapter is in force through the duck-typed call
 
 
-def test_prompt_tuning_takes_uncached_path_and_matches_peft(tiny_llama, prompts, tiny_tokenizer):
+def cache_free_greedy(forward, prompt, n):
+    """Greedy ids from re-running `forward(ids) -> [1, T, V] logits` over the whole sequence each step."""
+    ids, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            token = int(forward(torch.tensor([ids]))[0, -1].argmax())
+            out.append(token)
+            ids.append(token)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_batched_path_equals_cache_free_forward(family, prompts, tiny_tokenizer, request):
+    model = load(request.getfixturevalue(family))
+    gens = generate(model, prompts, SamplingParams(max_new_tokens=12), tiny_tokenizer.pad_token_id)
+    for prompt, gen in zip(prompts, gens):
+        assert gen.token_ids == cache_free_greedy(lambda x: model(input_ids=x, use_cache=False).logits, prompt, 12)
+
+
+def test_prompt_tuning_takes_uncached_path_and_equals_virtual_tokens_in_front(tiny_llama, prompts, tiny_tokenizer):
+    """Prompt tuning = the learned embeddings in front of the prompt's, through the base model.
+
+    The reference is built by hand (virtual embeddings + token embeddings -> base model, whole
+    sequence each step), not with `PeftModel.generate`: peft 0.21.2 under transformers >= 5.24
+    looks for the KV cache under `past_key_values` while generate passes it as `cache`, so it
+    re-inserts the virtual tokens at every step (found when this test compared against it).
+    """
     from peft import PromptTuningConfig, get_peft_model
 
     torch.manual_seed(0)
     model = get_peft_model(load(tiny_llama), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
-    pad, params = tiny_tokenizer.pad_token_id, SamplingParams(max_new_tokens=8)
-    gens = generate(model, prompts[:3], params, pad)
+    base, virtual = model.get_base_model(), model.get_prompt(batch_size=1)
+
+    def by_hand(x):
+        return base(inputs_embeds=torch.cat([virtual, base.get_input_embeddings()(x)], dim=1)).logits
+
+    gens = generate(model, prompts[:3], SamplingParams(max_new_tokens=8), tiny_tokenizer.pad_token_id)
     for prompt, gen in zip(prompts[:3], gens):
-        ref = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8,
-                             do_sample=False, pad_token_id=pad)
-        assert ref[0, -8:].tolist() == gen.token_ids
+        assert gen.token_ids == cache_free_greedy(by_hand, prompt, 8)
+        with model.disable_adapter():
+            assert gen.token_ids != cache_free_greedy(lambda x: base(input_ids=x).logits, prompt, 8)
 
 
 def test_tiny_temperature_and_top_p_do_not_crash(tiny_llama):
@@ -229,3 +259,10 @@ def test_tiny_temperature_and_top_p_do_not_crash(tiny_llama):
     tiny_t = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=3, temperature=1e-300, seed=1), 0)
     tiny_p = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=3, temperature=1.0, top_p=5e-57, seed=1), 0)
     assert tiny_t[0].token_ids == greedy and tiny_p[0].token_ids == greedy
+
+
+def test_generate_reports_progress_per_batch(llama, prompts, tiny_tokenizer):
+    done: list[int] = []
+    generate(llama, prompts, SamplingParams(max_new_tokens=2), tiny_tokenizer.pad_token_id, batch_size=2,
+             progress=done.append)
+    assert done == [2, 2, 1]
