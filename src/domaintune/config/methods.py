@@ -25,6 +25,9 @@ class LoraOptions(Section):
         "all-linear", description="Module names to adapt; 'all-linear': every attention and MLP linear of the architecture.")
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA scaling.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    layers: str = Field("all", description="Decoder layers to adapt: 'all', 'top:K', 'bottom:K', 'middle', '0-3' "
+                                           "or '4,5,7'. Adapting only the top layers also skips the backward "
+                                           "pass below them.")
 
 
 class QLoraOptions(Section):

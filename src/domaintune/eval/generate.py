@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from domaintune.errors import UserError
+from domaintune.models.codec import pad_id, prompt_ids, stop_ids
 from domaintune.models.decode import FINISH_STOP, Generation, SamplingParams, generate
 from domaintune.models.templates import ChatTemplate
 
@@ -70,48 +71,6 @@ def split_last_turn(messages: Sequence[Mapping[str, str]]) -> tuple[Messages, st
         raise UserError("an evaluation record needs a prompt followed by an assistant answer",
                         hint="evaluate on chat records from `domaintune prepare` ({\"messages\": [...]})")
     return [dict(m) for m in messages[:last]], str(messages[last]["content"])
-
-
-def prompt_ids(template: ChatTemplate, tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
-    """Token ids of a prompt, exactly as training tokenizes the same text.
-
-    Args:
-        template: the model's chat template (the one used in training).
-        tokenizer: the model's fast tokenizer.
-        messages: the conversation so far (ending before the turn to generate).
-
-    Returns:
-        The ids of `template.render(messages, add_generation_prompt=True)`, tokenized without
-        tokenizer-added special tokens, as `ChatTemplate.encode` does.
-
-    Example:
-        >>> prompt_ids(get_template("chatml"), tok, [{"role": "user", "content": "Hi"}])[:1]  # doctest: +SKIP
-        [1]
-    """
-    text = template.render(messages, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def stop_token_ids(template: ChatTemplate, tokenizer: Any) -> tuple[int, ...]:
-    """The ids a generation stops on: the template's end-of-turn tokens and EOS.
-
-    Stop strings that are not single tokens of this tokenizer are skipped (ChatML lists
-    "<|endoftext|>", which not every ChatML tokenizer has); `answer_text` still cuts at them.
-
-    Example:
-        >>> stop_token_ids(get_template("chatml"), tok)   # doctest: +SKIP
-        (2,)
-    """
-    ids = [_single_token_id(tokenizer, s) for s in template.stop]
-    ids.append(getattr(tokenizer, "eos_token_id", None))
-    return tuple(dict.fromkeys(i for i in ids if isinstance(i, int)))
-
-
-def _single_token_id(tokenizer: Any, text: str) -> int | None:
-    token_id = tokenizer.convert_tokens_to_ids(text)
-    if not isinstance(token_id, int) or tokenizer.convert_ids_to_tokens(token_id) != text:
-        return None  # unknown: an unk id (or None) that does not map back to the string
-    return token_id
 
 
 def answer_text(tokenizer: Any, template: ChatTemplate, gen: Generation) -> str:
@@ -162,11 +121,11 @@ def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records
         >>> sorted(rows[0])[:3]                                                                 # doctest: +SKIP
         ['finish_reason', 'first_token_s', 'generated_tokens']
     """
-    params = replace(params, stop_ids=tuple(dict.fromkeys(params.stop_ids + stop_token_ids(template, tokenizer))))
+    params = replace(params, stop_ids=tuple(dict.fromkeys(params.stop_ids + stop_ids(template, tokenizer))))
     splits = [split_last_turn(_conversation(r, few_shot)) for r in records]
     prompts = [prompt_ids(template, tokenizer, messages) for messages, _ in splits]
     with eval_mode(model):
-        gens = generate(model, prompts, params, _pad_id(tokenizer), batch_size=batch_size, progress=progress)
+        gens = generate(model, prompts, params, pad_id(tokenizer), batch_size=batch_size, progress=progress)
     return [_row(tokenizer, template, r, messages, ref, gen)
             for r, (messages, ref), gen in zip(records, splits, gens)]
 
@@ -176,12 +135,6 @@ def _conversation(record: Mapping[str, Any], few_shot: FewShot | None) -> Sequen
         raise UserError("an evaluation record has no 'messages'",
                         hint="evaluate on chat records from `domaintune prepare`")
     return few_shot(record) if few_shot is not None else record["messages"]
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
-    return pad if pad is not None else 0  # left padding is masked out, so any id will do
 
 
 def _row(tokenizer: Any, template: ChatTemplate, record: Mapping[str, Any], messages: Messages, reference: str,
@@ -257,7 +210,7 @@ def measure_latency(model: Any, tokenizer: Any, template: ChatTemplate, prompts:
         >>> measure_latency(model, tok, tpl, [[{"role": "user", "content": "Hi"}]], n_tokens=50)  # doctest: +SKIP
     """
     ids = [prompt_ids(template, tokenizer, p) for p in prompts]
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     with eval_mode(model):
         if ids:
             generate(model, ids[:1], SamplingParams(max_new_tokens=min(8, n_tokens)), pad)

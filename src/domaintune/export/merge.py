@@ -19,13 +19,13 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 def stop_token_ids(template: Any, tokenizer: Any) -> list[int]:
-    """`eval.generate.stop_token_ids` as a list (what generation_config.json takes).
+    """`models.codec.stop_ids` as a list (what generation_config.json takes).
 
     Example:
         >>> stop_token_ids(get_template("chatml"), smollm_tokenizer)   # doctest: +SKIP
         [2, 0]
     """
-    from domaintune.eval.generate import stop_token_ids as generation_stops
+    from domaintune.models.codec import stop_ids as generation_stops
 
     return list(generation_stops(template, tokenizer))
 

@@ -98,8 +98,8 @@ def cases_from_records(records: Sequence[Mapping[str, Any]] | None, limit: int) 
 
 
 def training_prompt_ids(template: Any, tokenizer: Any, cases: Sequence[Case]) -> list[list[int]]:
-    """Prompt ids as training builds them (`eval.generate.prompt_ids`, which eval decodes with too)."""
-    from domaintune.eval.generate import prompt_ids
+    """Prompt ids as training builds them (`models.codec.prompt_ids`, which eval decodes with too)."""
+    from domaintune.models.codec import prompt_ids
 
     return [prompt_ids(template, tokenizer, list(c.messages)) for c in cases]
 

@@ -70,8 +70,19 @@ def lora_config(model: nn.Module, opts: Any) -> LoraConfig:
     """The peft `LoraConfig` for LoRA-style options (LoraOptions or QLoraOptions)."""
     return LoraConfig(
         task_type="CAUSAL_LM", r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
-        target_modules=resolve_targets(model, opts.target_modules),
+        target_modules=resolve_targets(model, opts.target_modules), layers_to_transform=_layers(model, opts),
         use_rslora=getattr(opts, "use_rslora", False), use_dora=getattr(opts, "use_dora", False))
+
+
+def _layers(model: nn.Module, opts: Any) -> list[int] | None:
+    """peft's `layers_to_transform` for `opts.layers` (None: every layer)."""
+    spec = getattr(opts, "layers", "all")
+    if spec.strip().lower() == "all":
+        return None
+    from domaintune.methods.base import decoder_layers
+    from domaintune.methods.groups import parse_layer_spec
+
+    return list(parse_layer_spec(spec, len(decoder_layers(model))))
 
 
 @contextlib.contextmanager

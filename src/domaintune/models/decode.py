@@ -28,9 +28,10 @@ between top tokens; the tests assert equal token ids and logits within 1e-4.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,6 +52,8 @@ class SamplingParams:
         top_p: nucleus sampling: sample among the fewest tokens whose probability reaches top_p.
         seed: seeds this request's own generator; None draws a fresh random seed.
         stop_ids: token ids that end the request (the stop token itself is emitted).
+        choices: a closed answer set (`models.choice.ChoiceTrie`): only its answers can come out,
+            and the row ends when one is complete; None decodes freely.
 
     Example:
         >>> SamplingParams(max_new_tokens=64, temperature=0.7, top_p=0.9, seed=1, stop_ids=(2,)).top_p
@@ -62,6 +65,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop_ids: tuple[int, ...] = ()
+    choices: Any = field(default=None, compare=False)
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Generation:
         prompt_tokens: the prompt's length in tokens.
         first_token_s: seconds from the start of its batch to its first token (prefill included).
         total_s: seconds from the start of its batch to its last token.
+        confidence: with `SamplingParams.choices`, the probability of the answer within the set.
     """
 
     token_ids: list[int]
@@ -81,10 +86,12 @@ class Generation:
     prompt_tokens: int
     first_token_s: float
     total_s: float
+    confidence: float | None = None
 
 
 def decode_stream(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
-                  pad_id: int, *, should_stop: Callable[[int], bool] | None = None) -> Iterator[Step]:
+                  pad_id: int, *, should_stop: Callable[[int], bool] | None = None,
+                  confidences: dict[int, float] | None = None) -> Iterator[Step]:
     """Decode a batch of prompts together, one step at a time.
 
     Args:
@@ -94,6 +101,8 @@ def decode_stream(model: Any, prompts: Sequence[Sequence[int]], params: Sampling
         pad_id: the id written into left padding (never attended to).
         should_stop: called with a row index after each step; True drops that row at once (a
             server cancelling a disconnected client). Nothing more is yielded for it.
+        confidences: filled with `row -> probability of its answer` for the rows decoded with
+            `SamplingParams.choices`, as each finishes.
 
     Returns:
         An iterator yielding, once per decoding step, the `(row, token_id)` pairs produced for
@@ -114,8 +123,8 @@ def decode_stream(model: Any, prompts: Sequence[Sequence[int]], params: Sampling
         check_request(prompt, p)
     stop = should_stop or (lambda _row: False)
     if is_prompt_learning(model):
-        return _stream_uncached(model, prompts, rows, stop)
-    return _stream_cached(model, prompts, rows, pad_id, stop)
+        return _stream_uncached(model, prompts, rows, stop, confidences)
+    return _stream_cached(model, prompts, rows, pad_id, stop, confidences)
 
 
 def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
@@ -162,15 +171,16 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], params: Sequen
     tokens: list[list[int]] = [[] for _ in prompts]
     first = [0.0] * len(prompts)
     last = [0.0] * len(prompts)
+    confidences: dict[int, float] = {}
     start = time.perf_counter()
-    for step in decode_stream(model, prompts, params, pad_id):
+    for step in decode_stream(model, prompts, params, pad_id, confidences=confidences):
         now = time.perf_counter() - start
         for row, token in step:
             if not tokens[row]:
                 first[row] = now
             tokens[row].append(token)
             last[row] = now
-    return [Generation(ids, _finish_reason(ids, p), len(prompt), first[i], last[i])
+    return [Generation(ids, _finish_reason(ids, p), len(prompt), first[i], last[i], confidences.get(i))
             for i, (ids, p, prompt) in enumerate(zip(tokens, params, prompts))]
 
 
@@ -221,10 +231,12 @@ MIN_TOP_P = 1e-6
 
 
 class Sampler:
-    """Picks one row's next token; owns the row's generator so rows never share draws."""
+    """Picks one row's next token; owns the row's generator (rows never share draws) and its place
+    in a closed answer set."""
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
         self.params = params
+        self.cursor = params.choices.cursor() if params.choices is not None else None
         self.generator: torch.Generator | None = None
         if params.temperature >= MIN_TEMPERATURE:
             self.generator = torch.Generator(device=device)
@@ -233,14 +245,41 @@ class Sampler:
             else:
                 self.generator.manual_seed(params.seed)
 
+    @property
+    def free(self) -> bool:
+        """Greedy and unconstrained: the batch's vectorized argmax decides."""
+        return self.generator is None and self.cursor is None
+
+    @property
+    def confidence(self) -> float | None:
+        """The probability of the answer picked so far within the closed set (None: free decoding)."""
+        return math.exp(self.cursor.log_prob) if self.cursor is not None else None
+
     def pick(self, logits: torch.Tensor) -> int:
         """Next token from one row's `[V]` logits."""
+        if self.cursor is not None:
+            return self._pick_choice(logits)
+        return self._draw(logits)
+
+    def _draw(self, logits: torch.Tensor) -> int:
         if self.generator is None:
             return int(logits.argmax())
         probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
         if self.params.top_p < 1:
             probs = _nucleus(probs, max(self.params.top_p, MIN_TOP_P))
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def _pick_choice(self, logits: torch.Tensor) -> int:
+        allowed = self.cursor.allowed(logits.device)
+        sub = logits[allowed].float()
+        j = self._draw(sub) if len(allowed) > 1 else 0
+        token = int(allowed[j])
+        self.cursor.advance(token, float(torch.log_softmax(sub, dim=-1)[j]))
+        return token
+
+    def finished(self, token: int) -> bool:
+        """Whether the row ends after `token`: a stop id, or the end of a closed-set answer."""
+        return token in self.params.stop_ids or (self.cursor is not None and self.cursor.done)
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -253,8 +292,8 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def pick_all(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
     """Each row's next token from `[B, V]` logits, row i by `samplers[i]`."""
-    greedy = logits.argmax(-1).tolist()  # one vectorized argmax serves every greedy row
-    return [g if s.generator is None else s.pick(logits[i]) for i, (s, g) in enumerate(zip(samplers, greedy))]
+    greedy = logits.argmax(-1).tolist()  # one vectorized argmax serves every free greedy row
+    return [g if s.free else s.pick(logits[i]) for i, (s, g) in enumerate(zip(samplers, greedy))]
 
 
 # ---- the cached, batched path ------------------------------------------------------------------
@@ -273,7 +312,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
 
 @torch.inference_mode()
 def _stream_cached(model: Any, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], pad_id: int,
-                   should_stop: Callable[[int], bool]) -> Iterator[Step]:
+                   should_stop: Callable[[int], bool], confidences: dict[int, float] | None) -> Iterator[Step]:
     # The decorator (not a `with` block) re-enters inference mode around each step, so it never
     # leaks into the caller's code between yields. The state is a `RunningBatch` that nobody joins
     # (the server's continuous batching is the same object with joins); imported here because
@@ -283,7 +322,7 @@ def _stream_cached(model: Any, prompts: Sequence[Sequence[int]], params: Sequenc
     rows = [r for r, p in enumerate(params) if p.max_new_tokens > 0 and not should_stop(r)]
     if not rows:
         return
-    batch = RunningBatch(model, pad_id)
+    batch = RunningBatch(model, pad_id, confidences=confidences)
     batch.add(rows, [prompts[r] for r in rows], [params[r] for r in rows])
     while batch:
         yield batch.pick()  # the caller sees a step's tokens before `should_stop` is asked
@@ -294,7 +333,7 @@ def _stream_cached(model: Any, prompts: Sequence[Sequence[int]], params: Sequenc
 
 @torch.inference_mode()
 def _stream_uncached(model: Any, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-                     should_stop: Callable[[int], bool]) -> Iterator[Step]:
+                     should_stop: Callable[[int], bool], confidences: dict[int, float] | None) -> Iterator[Step]:
     device = model_device(model)
     for row, (prompt, p) in enumerate(zip(prompts, params)):
         sampler, ids = Sampler(p, device), list(prompt)
@@ -306,5 +345,7 @@ def _stream_uncached(model: Any, prompts: Sequence[Sequence[int]], params: Seque
             token = sampler.pick(logits[0, -1])
             yield [(row, token)]
             ids.append(token)
-            if token in p.stop_ids:
+            if sampler.finished(token):
                 break
+        if confidences is not None and sampler.confidence is not None:
+            confidences[row] = sampler.confidence

@@ -52,10 +52,13 @@ class RunningBatch:
     Args:
         model: a causal LM or a peft model around one (not prompt/prefix tuning), in eval mode.
         pad_id: the id written into left padding.
+        confidences: filled with `key -> probability of its answer` as each row decoded with
+            `SamplingParams.choices` leaves the batch.
     """
 
-    def __init__(self, model: Any, pad_id: int) -> None:
+    def __init__(self, model: Any, pad_id: int, confidences: dict[Hashable, float] | None = None) -> None:
         self.model, self.pad_id, self.device = model, pad_id, model_device(model)
+        self.confidences = confidences
         self._reset()
 
     def _reset(self) -> None:
@@ -119,9 +122,11 @@ class RunningBatch:
         tokens, keep = self._picked, []
         for i, (key, token) in enumerate(zip(self.keys, tokens)):
             self._counts[i] += 1
-            p = self._params[i]
-            if not (token in p.stop_ids or self._counts[i] >= p.max_new_tokens or stop(key)):
+            sampler = self._samplers[i]
+            if not (sampler.finished(token) or self._counts[i] >= self._params[i].max_new_tokens or stop(key)):
                 keep.append(i)
+            elif self.confidences is not None and sampler.confidence is not None:
+                self.confidences[key] = sampler.confidence
         self._select(keep)
         if keep:
             step_ids = torch.tensor([tokens[i] for i in keep], dtype=torch.long, device=self.device)[:, None]

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from domaintune.errors import UserError
 from domaintune.eval.generate import (answer_text, eval_mode, generate_answers, latency_stats, measure_latency,
-                                      prompt_ids, split_last_turn, stop_token_ids)
+                                      split_last_turn)
+from domaintune.models.codec import prompt_ids
+from domaintune.models.codec import stop_ids as stop_token_ids
 from domaintune.models.decode import Generation, SamplingParams, generate
 from domaintune.models.templates import get_template
 from domaintune.train.collate import IGNORE_INDEX, encode_record

@@ -1,0 +1,135 @@
+"""Closed-set answers: decoding constrained to a fixed list of answers, with each answer's probability.
+
+When a task's answers form a closed set (labels, codes, categories), free decoding can produce a
+near-miss nobody can score ("Diseases of the blood" for "Diseases of the blood and blood-forming
+organs ..."). A `ChoiceTrie` holds every answer as the token ids the model emits for it after the
+generation prompt, each ending with the template's end-of-turn id; at every step the decoder may
+only pick a token that continues some answer (a prefix trie over token ids, the same idea as
+vLLM's `guided_choice`), so no answer outside the set can come out.
+
+The confidence of an answer is the product, over the steps, of the picked token's probability
+renormalised over the tokens the trie allows there: the model's distribution restricted to the
+set. Steps where only one token is allowed contribute 1, and the confidences of all answers sum
+to 1 (a test checks it by forcing each path).
+
+    trie = ChoiceTrie.build(["Yes", "No"], template, tokenizer)
+    params = SamplingParams(max_new_tokens=trie.depth, stop_ids=trie.stop_ids, choices=trie)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from domaintune.errors import UserError
+
+_PROBE = [{"role": "user", "content": "?"}]
+
+
+class _Node:
+    __slots__ = ("children", "answer", "allowed")
+
+    def __init__(self) -> None:
+        self.children: dict[int, _Node] = {}
+        self.answer: str | None = None  # set on the node after an answer's last token
+        self.allowed: torch.Tensor | None = None
+
+
+class ChoiceTrie:
+    """Every answer of a closed set as a path of token ids from the root to a leaf.
+
+    Args:
+        sequences: each answer's token ids, its end-of-turn id last.
+        answers: the answer strings, in the order of `sequences`.
+    """
+
+    def __init__(self, sequences: Sequence[Sequence[int]], answers: Sequence[str]) -> None:
+        if not sequences:
+            raise ValueError("a closed answer set needs at least one answer")
+        self.root = _Node()
+        self.answers = list(dict.fromkeys(answers))
+        self.depth = max(len(s) for s in sequences)
+        self.stop_ids = tuple(sorted({s[-1] for s in sequences}))
+        for seq, answer in zip(sequences, answers, strict=True):
+            if not seq:
+                raise ValueError(f"answer {answer!r} has no tokens")
+            node = self.root
+            for token in seq:
+                node = node.children.setdefault(int(token), _Node())
+            if node.answer is None:  # two answers with the same ids: the first one names the path
+                node.answer = answer
+
+    @classmethod
+    def build(cls, answers: Iterable[str], template: Any, tokenizer: Any) -> ChoiceTrie:
+        """The trie of `answers` as the model writes them after `template`'s generation prompt.
+
+        Each answer's ids are the ids training gives it: the tokens of a rendered conversation
+        after those of its prompt, through the first end-of-turn id. A template whose prompt is
+        not a prefix of the conversation's tokens cannot be constrained.
+
+        Raises:
+            UserError: no answers, or the template writes no end-of-turn token this tokenizer has.
+        """
+        from domaintune.models.codec import stop_ids as template_stop_ids
+
+        answers = [a for a in dict.fromkeys(str(a) for a in answers)]
+        if not answers:
+            raise UserError("the closed answer set is empty", hint="give at least one answer")
+        stops = set(template_stop_ids(template, tokenizer))
+        prompt = _ids(tokenizer, template.render(_PROBE, add_generation_prompt=True))
+        sequences = []
+        for answer in answers:
+            full = _ids(tokenizer, template.render([*_PROBE, {"role": "assistant", "content": answer}]))
+            if full[:len(prompt)] != prompt:
+                raise UserError(f"template '{template.name}' tokenizes answers together with their prompt, "
+                                "so a closed answer set cannot be decoded token by token",
+                                hint="use the chatml template, or decode freely (eval.closed_set: off)")
+            rest = full[len(prompt):]
+            end = next((i for i, t in enumerate(rest) if t in stops), None)
+            if end is None:
+                raise UserError(f"template '{template.name}' ends no answer with a stop token of this tokenizer",
+                                hint="decode freely (eval.closed_set: off)")
+            sequences.append(rest[:end + 1])
+        return cls(sequences, answers)
+
+    def cursor(self) -> ChoiceCursor:
+        """A fresh position at the root, for one row."""
+        return ChoiceCursor(self)
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+
+class ChoiceCursor:
+    """One row's position in a `ChoiceTrie`, and the log-probability of the path so far."""
+
+    def __init__(self, trie: ChoiceTrie) -> None:
+        self.node, self.log_prob = trie.root, 0.0
+
+    @property
+    def done(self) -> bool:
+        """True once the path reached the end of an answer."""
+        return not self.node.children
+
+    @property
+    def answer(self) -> str | None:
+        """The answer the path spells, once `done`."""
+        return self.node.answer
+
+    def allowed(self, device: torch.device) -> torch.Tensor:
+        """The token ids that continue some answer from here."""
+        node = self.node
+        if node.allowed is None or node.allowed.device != device:
+            node.allowed = torch.tensor(sorted(node.children), dtype=torch.long, device=device)
+        return node.allowed
+
+    def advance(self, token: int, log_prob: float) -> None:
+        """Follow `token` (one of `allowed`), adding its renormalised log-probability."""
+        self.node = self.node.children[token]
+        self.log_prob += log_prob
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
