@@ -31,6 +31,7 @@ class Loaded:
     template: Any
     describe: dict[str, Any]
     loss_curve: Path | None = None
+    artifact: Any = None
 
 
 def load_for_eval(recipe: Recipe, adapter: str | None = None, model: str | None = None) -> Loaded:
@@ -54,7 +55,7 @@ def load_for_eval(recipe: Recipe, adapter: str | None = None, model: str | None 
     describe = {"name": base, "adapter": str(art.folder) if art else None, "method": art.method if art else None,
                 "template": template_name}
     curve = art.run_dir / "loss.png" if art and art.run_dir and (art.run_dir / "loss.png").is_file() else None
-    return Loaded(net.eval(), tokenizer, get_template(template_name, tokenizer), describe, curve)
+    return Loaded(net.eval(), tokenizer, get_template(template_name, tokenizer), describe, curve, art)
 
 
 def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = None, *,
@@ -92,7 +93,8 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
                             seed=cfg.seed, batch_size=cfg.batch_size, few_shot=cfg.few_shot,
                             few_shot_by=cfg.few_shot_by, label_field=cfg.label_field, text_metrics=cfg.text_metrics,
                             json_fields=cfg.json_fields, perplexity=cfg.perplexity, max_len=cfg.max_len,
-                            latency_prompts=cfg.latency_prompts, latency_tokens=cfg.latency_tokens)
+                            latency_prompts=cfg.latency_prompts, latency_tokens=cfg.latency_tokens,
+                            choices=_choices(cfg, loaded, pool))
     describe = {**loaded.describe, "data": str(data.path), "data_sha256": data.sha256}
     result = run_eval(loaded.model, loaded.tokenizer, loaded.template, records, settings,
                       pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,
@@ -100,6 +102,19 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
                       progress=progress)
     paths = write_eval(result, Path(output_dir or cfg.output_dir), loss_curve=loaded.loss_curve)
     return result, paths
+
+
+def _choices(cfg: Any, loaded: Loaded, pool: Any) -> tuple[str, ...] | None:
+    """The closed answer set to decode inside: the run's recorded one, or for a base model its pool's."""
+    if cfg.closed_set == "off":
+        return None
+    if loaded.artifact is not None:
+        answers = loaded.artifact.labels
+    else:
+        from domaintune.data.answers import closed_answer_set
+
+        answers = closed_answer_set(pool) if pool else None
+    return tuple(answers) if answers else None
 
 
 def _general(cfg: Any) -> list[dict] | None:

@@ -17,6 +17,7 @@ from typing import Any
 from domaintune.api.data import resolve_path
 from domaintune.config import Recipe, TrainConfig
 from domaintune.errors import UserError
+from domaintune.train.selection import LOSS, resolve_select_by
 
 DOMAINS_DIR, ADAPTERS_DIR = "domains", "adapters"
 
@@ -55,15 +56,36 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
     from domaintune.models.templates import get_template
     from domaintune.train.loop import run_training
 
+    from domaintune.data.answers import closed_answer_set
+    from domaintune.methods.artifact import write_labels
+
     model_cfg = recipe.model
+    answers = closed_answer_set(train_split)
+    if _is_main_process():  # eval, serve and export decode inside the set the training data forms
+        write_labels(run_dir, answers)
     tokenizer = load_tokenizer(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
     model = load_model(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    template = get_template(model_cfg.template, tokenizer)
+    select_by = resolve_select_by(cfg.select_by, answers is not None) if val_split else LOSS
     return run_training(
-        model, tokenizer, get_template(model_cfg.template, tokenizer), get_method(cfg.method.method), cfg.method,
-        train_split, val_split, cfg, run_dir,
+        model, tokenizer, template, get_method(cfg.method.method), cfg.method, train_split, val_split, cfg, run_dir,
         recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
         resume=resume, force=force, model_path=resolve_model(model_cfg.name), progress=progress,
-        loss_fn=_loss_fn(cfg, tokenizer))
+        loss_fn=_loss_fn(cfg, tokenizer), select_by=select_by,
+        task_metric=_task_metric(cfg, select_by, tokenizer, template, val_split, answers))
+
+
+def _task_metric(cfg: TrainConfig, select_by: str, tokenizer: Any, template: Any, val_split: Any,
+                 answers: list[str] | None):
+    """The decoded-validation metric for `train.select_by` (None when selecting by loss)."""
+    if select_by == LOSS:
+        return None
+    if select_by in ("accuracy", "macro_f1") and answers is None:
+        raise UserError(f"train.select_by: {select_by} needs answers that form a closed set (labels)",
+                        hint="use exact_match or chrf for free-text answers, or loss")
+    from domaintune.eval.validation import task_metric
+
+    return task_metric(tokenizer, template, val_split, choices=answers, samples=cfg.val_samples, seed=cfg.seed)
 
 
 def _loss_fn(cfg: TrainConfig, tokenizer: Any):

@@ -27,6 +27,10 @@ class EvalConfig(Section):
     few_shot_by: Literal["random", "similar"] = Field("random", description="How few-shot examples are chosen.")
     few_shot_pool: str | None = Field(None, description="Few-shot examples (default: train.jsonl beside the data).")
     label_field: str | None = Field(None, description="Metadata key with each record's label: accuracy and F1.")
+    closed_set: Literal["auto", "off"] = Field(
+        "auto", description="'auto': when the answers form a closed set (the set a run recorded, or for a base "
+                            "model the one its few-shot pool forms), decode only answers of that set and report "
+                            "each one's probability as its confidence; 'off': decode freely.")
     text_metrics: bool = Field(True, description="BLEU, chrF and ROUGE on the generations.")
     perplexity: bool = Field(True, description="Perplexity on the reference answers (zero-shot context).")
     json_fields: bool = Field(False, description="Field-level F1 for answers that are JSON objects.")

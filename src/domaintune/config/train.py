@@ -21,6 +21,22 @@ from domaintune.config.methods import LoraOptions, MethodConfig
 
 LENGTH = "length"
 METADATA_PREFIX = "metadata."
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '1.5h' or '300' (seconds) as seconds.
+
+    Example:
+        >>> parse_duration("15m"), parse_duration("90s"), parse_duration("2h"), parse_duration("300")
+        (900.0, 90.0, 7200.0, 300.0)
+    """
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", text)
+    if not match:
+        raise ValueError(f"'{text}' is not a duration; write e.g. 90s, 15m or 2h")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 class LayerGroupConfig(Section):
@@ -82,7 +98,17 @@ class TrainConfig(Section):
     data_dir: str = Field("prepared", description="Output folder of `prepare` (train.jsonl, val.jsonl).")
     output_dir: str = Field("runs/run", description="Run folder: adapter or model, checkpoints, metrics, plots.")
     method: MethodConfig = Field(default_factory=LoraOptions, description="Fine-tuning method and its options.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    epochs: float | Literal["auto"] = Field(
+        "auto", description="Passes over the training data (ignored when max_steps is set); 'auto': about 6,000 "
+                            "examples seen, at least 1 and at most 8 passes (train/plan.py).")
+    time_budget: float | None = Field(
+        None, gt=0, description="Wall-time cap of the training loop in seconds, or '90s', '15m', '2h': the schedule "
+                                "is fitted to it after the first steps (--time-budget).")
+    select_by: Literal["auto", "loss", "accuracy", "macro_f1", "exact_match", "chrf"] = Field(
+        "auto", description="What picks the best checkpoint and drives early stopping: validation loss, or the "
+                            "task's metric on decoded validation answers; 'auto': accuracy when the answers form a "
+                            "closed set, else loss.")
+    val_samples: int = Field(200, ge=1, description="Validation rows decoded for a task metric (select_by).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (overrides epochs).")
     learning_rate: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and norms).")
@@ -98,7 +124,8 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     train_on_prompt: bool = Field(False, description="Also train on system/user tokens (default: answers only).")
     keep_reasoning: bool = Field(True, description="Keep <think> reasoning in R1 training targets.")
-    eval_every: int = Field(50, ge=1, description="Validate every N optimizer steps.")
+    eval_every: int | Literal["auto"] = Field(
+        "auto", description="Validate every N optimizer steps; 'auto': about 6 times per run.")
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints to keep (the best one is always kept).")
     early_stopping_patience: int | None = Field(3, ge=1, description="Stop after N validations without improvement.")
@@ -124,6 +151,25 @@ class TrainConfig(Section):
                                "trained in one run on the records whose metadata field `domain_field` names it, "
                                "saved side by side as adapters/<domain>/ for the server's router.")
     domain_field: str = Field("domain", description="Metadata key holding each record's domain tag (with domains).")
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _positive_epochs(cls, value: Any) -> Any:
+        if value != "auto" and isinstance(value, (int, float)) and value <= 0:
+            raise ValueError("train.epochs must be above 0, or 'auto'")
+        return value
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive_every(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("train.eval_every must be at least 1, or 'auto'")
+        return value
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("method", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from typing import Any
 
 from domaintune.errors import UserError
 from domaintune.eval import metrics as m
+from domaintune.eval.calibration import calibration
 from domaintune.progress import bar
 
 REPORT_FILE, PREDICTIONS_FILE, HTML_FILE = "report.json", "predictions.jsonl", "report.html"
@@ -48,6 +49,7 @@ class EvalSettings:
             examples, so a few-shot pass of a model already scored zero-shot can skip it.
         max_len: tokens per record for perplexity and forgetting.
         latency_prompts, latency_tokens: single-request latency runs (0 prompts: skipped).
+        choices: a closed answer set to decode inside (`models.choice`), None: free decoding.
     """
 
     max_new_tokens: int = 64
@@ -64,6 +66,7 @@ class EvalSettings:
     max_len: int = 1024
     latency_prompts: int = 3
     latency_tokens: int = 200
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -119,7 +122,8 @@ def evaluate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mappin
         step("latency")
         latency = _latency(model, tokenizer, template, records, settings)
     report = {"model": dict(describe or {}), "n": len(records), "few_shot": settings.few_shot or None,
-              "settings": asdict(settings), "metrics": metrics, "labels": labels, "latency": latency}
+              "settings": asdict(settings), "metrics": metrics, "labels": labels, "latency": latency,
+              "calibration": _calibration(rows, per_example)}
     step("forgetting")
     report["forgetting"] = _forgetting(model, tokenizer, template, general, settings)
     report["leak"] = _leak([r["prediction"] for r in rows], training_texts)
@@ -132,10 +136,12 @@ def _generate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mappi
               settings: EvalSettings, pool: Sequence[Mapping[str, Any]] | None,
               progress: Callable[[int], None]) -> list[dict[str, Any]]:
     from domaintune.eval.generate import generate_answers
+    from domaintune.models.choice import ChoiceTrie
     from domaintune.models.decode import SamplingParams
 
-    params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                            top_p=settings.top_p, seed=settings.seed)
+    trie = ChoiceTrie.build(settings.choices, template, tokenizer) if settings.choices else None
+    params = SamplingParams(max_new_tokens=max(settings.max_new_tokens, trie.depth if trie else 0),
+                            temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed, choices=trie)
     return generate_answers(model, tokenizer, template, records, params, batch_size=settings.batch_size,
                             few_shot=_few_shot(settings, pool), progress=progress)
 
@@ -170,6 +176,15 @@ def _score(rows: list[dict[str, Any]], records: Sequence[Mapping[str, Any]],
         fields = m.json_field_metrics(preds, refs)
         metrics["json_field_f1"] = fields["micro"]["f1"] if "micro" in fields else fields.get("f1")
     return metrics, per_example, labels
+
+
+def _calibration(rows: list[dict[str, Any]], per_example: dict[str, list]) -> dict[str, Any] | None:
+    """Confidence vs accuracy when every answer was decoded inside a closed set (else None)."""
+    confidences = [r.get("confidence") for r in rows]
+    if not confidences or any(c is None for c in confidences):
+        return None
+    correct = per_example["accuracy"] if "accuracy" in per_example else per_example["exact_match"]
+    return calibration(confidences, [score > 0 for score in correct])
 
 
 def _label_section(rows: list[dict[str, Any]], records: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:

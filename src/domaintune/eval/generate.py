@@ -110,7 +110,8 @@ def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records
     Returns:
         One dict per record, in order: `prompt` (the last user message), `prompt_text` (the
         rendered prompt the model saw), `reference`, `prediction`, `prompt_tokens`,
-        `generated_tokens`, `finish_reason`, `first_token_s`, `total_s`, and `metadata` (the
+        `generated_tokens`, `finish_reason`, `first_token_s`, `total_s`, `confidence` (the
+        answer's probability within `params.choices`, else None) and `metadata` (the
         record's own, `{}` if none).
 
     Raises:
@@ -144,7 +145,7 @@ def _row(tokenizer: Any, template: ChatTemplate, record: Mapping[str, Any], mess
             "reference": reference, "prediction": answer_text(tokenizer, template, gen),
             "prompt_tokens": gen.prompt_tokens, "generated_tokens": len(gen.token_ids),
             "finish_reason": gen.finish_reason, "first_token_s": gen.first_token_s, "total_s": gen.total_s,
-            "metadata": dict(record.get("metadata") or {})}
+            "confidence": gen.confidence, "metadata": dict(record.get("metadata") or {})}
 
 
 # ---- latency -----------------------------------------------------------------------------------

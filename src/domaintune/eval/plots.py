@@ -163,6 +163,32 @@ def confusion_png(labels: Sequence[str], matrix: Sequence[Sequence[float]]) -> s
     return png_data_uri(fig)
 
 
+def reliability_png(bins: Sequence[Mapping[str, Any]]) -> str:
+    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.
+
+    Args:
+        bins: `eval.calibration.calibration(...)["bins"]` (percentages, with each bin's count).
+
+    Returns:
+        A PNG ``data:`` URI.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    width = 100 * (bins[0]["high"] - bins[0]["low"]) if bins else 10
+    ax.bar([100 * b["low"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
+           color="tab:blue", edgecolor="white", label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["confidence"] for b in bins], "o", color="tab:orange",
+            label="mean confidence")
+    ax.plot([0, 100], [0, 100], "--", color="grey", linewidth=1, label="perfect calibration")
+    for b in bins:
+        ax.annotate(str(b["n"]), (100 * b["low"] + width / 2, b["accuracy"]), ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0, 100), ylim=(0, 105), xlabel="confidence (%)", ylabel="accuracy (%)")
+    ax.legend(loc="upper left", fontsize=8)
+    return png_data_uri(fig)
+
+
 @_with_fonts
 def compare_png(names: tuple[str, str], tests: Mapping[str, Mapping[str, Any]]) -> str:
     """A vs B per metric (left) and B - A with its confidence interval (right).

@@ -83,6 +83,7 @@ def render_eval_report(report: Mapping[str, Any], predictions: Sequence[Mapping[
         _eval_header(report),
         _metrics_section(report.get("metrics")),
         _labels_section(report.get("labels")),
+        _calibration_section(report.get("calibration")),
         _latency_section(report.get("latency")),
         _forgetting_section(report.get("forgetting")),
         _leak_section(report.get("leak")),
@@ -217,6 +218,15 @@ def _labels_section(labels: Mapping[str, Any] | None) -> str:
     if confusion.get("labels") and confusion.get("matrix"):
         parts.append(_figure("Confusion matrix", plots.confusion_png(confusion["labels"], confusion["matrix"])))
     return "".join(parts)
+
+
+def _calibration_section(calibration: Mapping[str, Any] | None) -> str:
+    if not calibration or not calibration.get("bins"):
+        return ""
+    facts = [("expected calibration error", f"{fmt_number(calibration['ece'])} points"),
+             ("mean confidence", calibration.get("mean_confidence")), ("accuracy", calibration.get("accuracy"))]
+    return ("<h2>Confidence vs accuracy</h2>" + _kv_table(facts)
+            + _figure("reliability diagram", plots.reliability_png(calibration["bins"])))
 
 
 def _latency_section(latency: Mapping[str, Any] | None) -> str:

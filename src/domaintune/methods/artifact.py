@@ -22,6 +22,7 @@ from domaintune.errors import UserError
 from domaintune.methods.base import check_base, get_method, read_method_file
 
 RECIPE_FILE = "recipe.resolved.yaml"  # written by train/loop.py next to adapter/ or model/
+LABELS_FILE = "labels.json"  # the run's closed answer set (data.answers), beside adapter/ or model/
 KINDS = ("adapter", "model")
 
 
@@ -49,6 +50,48 @@ class Artifact:
     def name(self) -> str:
         """A short name for tables and `/v1/models`: the run folder's name, else the folder's."""
         return (self.run_dir or self.folder).name
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The closed answer set training recorded (in the weights folder or the run folder), or None."""
+        for folder in (self.folder, self.run_dir):
+            if folder is not None and (folder / LABELS_FILE).is_file():
+                return read_labels(folder)
+        return None
+
+
+def write_labels(folder: Path, answers: list[str] | None) -> None:
+    """Record a run's closed answer set (None removes a stale one)."""
+    import json
+
+    path = Path(folder) / LABELS_FILE
+    if answers is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"answers": answers}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_labels(folder: Path) -> list[str]:
+    """The answers `write_labels` recorded in `folder`.
+
+    Raises:
+        UserError: the file is not a list of answers.
+    """
+    import json
+
+    path = Path(folder) / LABELS_FILE
+    try:
+        answers = json.loads(path.read_text(encoding="utf-8"))["answers"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the run's answer set ({exc})", file=str(path),
+                        hint="train again, or delete the file to decode freely") from None
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise UserError("the run's answer set is not a list of strings", file=str(path),
+                        hint="train again, or delete the file to decode freely")
+    return answers
 
 
 def find_artifact(path: str | Path) -> Artifact:

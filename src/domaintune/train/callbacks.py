@@ -122,8 +122,9 @@ class ProgressBar:
 
     def on_step(self, record: dict[str, Any]) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=record["step"], loss=f"{record['loss']:.4f}",
-                                  lr=f"{record['lr']:.2e}", speed=f"{record['tokens_per_s']:,.0f}")
+            self._progress.update(self._task, completed=record["step"], total=record.get("total_steps"),
+                                  loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                  speed=f"{record['tokens_per_s']:,.0f}")
 
     def on_close(self) -> None:
         if self._progress is not None:

@@ -297,6 +297,12 @@ class BatchStream:
             return position[1] / self.first_epoch
         return position[0] + position[1] / self.per_epoch
 
+    def epochs_in(self, batches: float) -> float:
+        """How many passes `batches` micro-batches make (the inverse of `batches_in`)."""
+        if self.buckets is None or batches <= self.first_epoch:
+            return batches / (self.per_epoch if self.buckets is None else self.first_epoch)
+        return 1.0 + (batches - self.first_epoch) / self.per_epoch
+
     def batches_in(self, epochs: float) -> float:
         """How many micro-batches `epochs` passes over the data hold."""
         if self.buckets is None:

@@ -40,6 +40,7 @@ from domaintune.train.inputs import build_inputs
 from domaintune.train.loss import causal_lm_loss
 from domaintune.train.run import (FULL_WEIGHT_METHODS, RECIPE_FILE, SUMMARY_FILE, Shared, TrainResult, seed_all,
                                   train_run)
+from domaintune.train.selection import LOSS, TaskMetric
 from domaintune.train.stages import run_stages
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, validation_loss
 
@@ -53,7 +54,8 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
                  train_records: Sequence[dict], val_records: Sequence[dict], cfg: TrainConfig, run_dir: Path,
                  recipe_yaml: str, resume: bool = False, force: bool = False, model_path: Path | None = None,
                  callbacks: Sequence[Any] = (), *, progress: bool = True, peak_flops: float | None = None,
-                 loss_fn: LossFn | None = None) -> TrainResult:
+                 loss_fn: LossFn | None = None, select_by: str = LOSS,
+                 task_metric: TaskMetric | None = None) -> TrainResult:
     """Fine-tune `model` with `method` on prepared records and save the best weights.
 
     Args:
@@ -77,6 +79,10 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
         loss_fn: the training loss, `(model, batch) -> (mean loss, supervised tokens)`
             (default `causal_lm_loss`; distillation passes its own). Validation always uses
             `causal_lm_loss`.
+        select_by: the metric that picks the best step and drives early stopping: "loss", or a
+            key of what `task_metric` returns (resolved already: `selection.resolve_select_by`).
+        task_metric: `model -> {metric: value}` on decoded validation rows (`eval/validation.py`);
+            needed when `select_by` is not "loss". Stages select by loss.
 
     Returns:
         A `TrainResult`.
@@ -110,7 +116,7 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
             seed_all(rank_seed(cfg.seed, dist))
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     shared = Shared(model, method, pad_id, recipe_yaml, loss_fn or causal_lm_loss, model_path, callbacks, progress,
-                    peak_flops, dist)
+                    peak_flops, dist, select_by if not cfg.stages else LOSS, task_metric)
     if cfg.stages:
         return run_stages(shared, configs, inputs, Path(run_dir), resume, force)
     return train_run(shared, cfg, inputs[0], Path(run_dir), resume, force)

@@ -44,12 +44,15 @@ from domaintune.train.distributed import (Dist, accumulate_across, barrier, broa
                                           rank_seed, restore_rank_rng, validation_loss_across)
 from domaintune.train.forgetting import EWC_FILE, Ewc, build_ewc
 from domaintune.train.inputs import Inputs
-from domaintune.train.loss import packing_supported
+from domaintune.train.loss import packing_supported, token_counts
+from domaintune.train.plan import REPLAN_AFTER_STEPS, Plan, resolve_epochs, steps_within_budget
 from domaintune.train.resume_checks import check_free_disk, check_resume_recipe
 from domaintune.train.rng import capture_rng, restore_rng
+from domaintune.train.selection import LOSS, Selector, TaskMetric
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune
 
 log = logging.getLogger(__name__)
+AUTO_VALIDATIONS = 6  # validations per run with eval_every: auto
 _console = Console(stderr=True)
 RECIPE_FILE = "recipe.resolved.yaml"
 SUMMARY_FILE = "summary.json"
@@ -92,6 +95,8 @@ class Shared:
     progress: bool = True
     peak_flops: float | None = None
     dist: Dist = field(default_factory=Dist)
+    select_by: str = LOSS
+    task_metric: TaskMetric | None = None
 
 
 def seed_all(seed: int) -> None:
@@ -117,7 +122,8 @@ def train_run(shared: Shared, cfg: TrainConfig, inputs: Inputs, run_dir: Path, r
         The `TrainResult`.
     """
     dist = shared.dist
-    run = Run(shared.model, cfg, run_dir, shared.recipe_yaml, inputs, shared.pad_id, shared.loss_fn, dist)
+    run = Run(shared.model, cfg, run_dir, shared.recipe_yaml, inputs, shared.pad_id, shared.loss_fn, dist,
+              Selector(shared.select_by), shared.task_metric)
     memory = run.preflight(shared.method.name)
     run.start(resume, force)
     stop = GracefulStop()
@@ -138,7 +144,7 @@ def train_run(shared: Shared, cfg: TrainConfig, inputs: Inputs, run_dir: Path, r
     finally:
         notify(callbacks, "on_close")
     extra, evals = run.state.extra, run.state.extra["evals"]
-    return TrainResult(run_dir, run.state.step, run.state.best_step, run.state.best_metric,
+    return TrainResult(run_dir, run.state.step, run.state.best_step, run.best_val_loss,
                        evals[-1][1] if evals else None, extra.get("base_val_loss"), extra["tokens"], extra["seconds"],
                        summary, reason, artifact)
 
@@ -169,7 +175,8 @@ class Run:
     """One training run: its model, optimizer, data position and checkpoints."""
 
     def __init__(self, model: Any, cfg: TrainConfig, run_dir: Path, recipe_yaml: str, inputs: Inputs, pad_id: int,
-                 loss_fn: LossFn, dist: Dist | None = None) -> None:
+                 loss_fn: LossFn, dist: Dist | None = None, selector: Selector | None = None,
+                 task_metric: TaskMetric | None = None) -> None:
         model.train()  # a later stage gets the model back in eval mode from the previous stage's save
         self.model, self.cfg, self.run_dir, self.recipe_yaml = model, cfg, Path(run_dir), recipe_yaml
         self.dist = dist = dist or Dist()
@@ -188,10 +195,12 @@ class Run:
                                                         self._layer_groups()))
         order = {id(p): n for n, p in self.params.items()}
         self.names = [order[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
-        self.total_steps = cfg.max_steps or max(1, math.ceil(self.data.batches_in(cfg.epochs) / self.accum))
-        warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
-        self.schedule = partial(lr_factor, warmup=warmup, total=self.total_steps, kind=cfg.scheduler)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.selector, self.task_metric = selector or Selector(), task_metric
+        if self.selector.metric != LOSS and task_metric is None:
+            raise ValueError(f"select_by {self.selector.metric} needs a task_metric")
+        self.epochs = resolve_epochs(cfg.epochs, len(self.train_ex))
+        self.total_steps = cfg.max_steps or max(1, math.ceil(self.data.batches_in(self.epochs) / self.accum))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._set_schedule(self.total_steps))
         self.state = TrainState(data_order_seed=cfg.seed, extra=self._fresh_extra())
         if dist.active:
             self.state.extra["world_size"] = dist.world
@@ -205,6 +214,29 @@ class Run:
         n_layers = len(decoder_layers(self.model))
         return [LayerGroup(g.name, parse_layer_spec(g.layers, n_layers), g.lr_scale, g.max_grad_norm)
                 for g in self.cfg.layer_groups]
+
+    def _set_schedule(self, total: int) -> Any:
+        """The LR factor for `total` steps (warm-up, then decay); the scheduler reads it at every step."""
+        self.total_steps = total
+        warmup = math.ceil(self.cfg.warmup_ratio * total)
+        self.schedule = partial(lr_factor, warmup=warmup, total=total, kind=self.cfg.scheduler)
+        if hasattr(self, "scheduler"):
+            self.scheduler.lr_lambdas = [self.schedule] * len(self.optimizer.param_groups)
+        return self.schedule
+
+    @property
+    def best_val_loss(self) -> float | None:
+        """The validation loss of the best step (the best metric itself when selecting by loss)."""
+        if self.selector.metric == LOSS:
+            return self.state.best_metric
+        return self.state.extra.get("best_val_loss")
+
+    def plan(self) -> Plan:
+        """What this run does: rows, tokens, epochs, steps, budget."""
+        epochs = self.data.epochs_in(self.total_steps * self.accum)
+        tokens = round(sum(len(ex) for ex in self.train_ex) * epochs)
+        return Plan(len(self.train_ex), tokens, round(epochs, 2), self.total_steps,
+                    self.cfg.epochs == "auto" and not self.cfg.max_steps, self.cfg.time_budget)
 
     @staticmethod
     def _fresh_extra() -> dict[str, Any]:
@@ -251,6 +283,8 @@ class Run:
             for name, param in self.params.items():
                 param.copy_(weights[name])
                 param.grad = grads[name].to(param.device) if grads is not None and name in grads else None
+        if "budget_total_steps" in self.state.extra:  # the schedule a time budget fitted, as it was
+            self._set_schedule(self.state.extra["budget_total_steps"])
         if self.state.extra.get("stop_reason") == "completed" and self.state.step < self.total_steps:
             self.state.extra["stop_reason"] = None  # a forced resume with more steps continues
         extra = self.state.extra
@@ -280,23 +314,59 @@ class Run:
 
     # ---- training --------------------------------------------------------------------------------
     def fit(self, callbacks: Sequence[Any], stop: GracefulStop) -> str:
-        """Train until the last step, early stopping or Ctrl-C; returns why it stopped."""
+        """Train until the last step, early stopping, the time budget or Ctrl-C; returns why it stopped."""
         self._clock = time.perf_counter()
-        if self.state.step == 0 and "base_val_loss" not in self.state.extra:
-            self.state.extra["base_val_loss"] = self._validate(callbacks)[0]
-        reason = self.state.extra["stop_reason"]
+        extra = self.state.extra
+        if self.state.step == 0 and "base_val_loss" not in extra:
+            extra["base_val_loss"] = self._validate(callbacks)[0]
+            self._say(self.plan().describe(self._rough_seconds_per_step()))
+        reason = extra["stop_reason"]
         while reason is None:
             notify(callbacks, "on_step", self._train_step(stop))
+            if self.state.step == REPLAN_AFTER_STEPS:
+                self._fit_to_budget()
             improved, patience_out = self._validate_if_due(callbacks)
             done = self.state.step >= self.total_steps
-            reason = "early_stopping" if patience_out else ("completed" if done else None)
-            self.state.extra["stop_reason"] = reason
+            budget = self.cfg.time_budget
+            out_of_time = budget is not None and self._elapsed() >= budget
+            reason = ("early_stopping" if patience_out else "completed" if done
+                      else "time_budget" if out_of_time else None)
+            extra["stop_reason"] = reason
             requested = self._stop_agreed if self.dist.active else stop.requested
             if reason or improved or self.state.step % self.cfg.save_every == 0 or requested:
                 path = self._save()
                 if requested and not reason:
                     raise KeyboardInterrupt(f"training interrupted; checkpoint {path}, continue with --resume")
         return reason
+
+    def _say(self, text: str) -> None:
+        if self.dist.main:
+            _console.print(text)
+
+    def _rough_seconds_per_step(self) -> float | None:
+        """From the validation forward pass: a training step costs about 3 forward passes of its tokens."""
+        extra = self.state.extra
+        seconds, tokens = extra.get("loss_validation_seconds"), sum(token_counts(b)[0] for b in self.val_batches)
+        if not seconds or not tokens:
+            return None
+        step_tokens = sum(len(ex) for ex in self.train_ex) / max(1.0, self.data.batches_in(1.0)) * self.accum
+        return 3 * seconds / tokens * step_tokens
+
+    def _fit_to_budget(self) -> None:
+        """After the first steps: say the measured pace, and shorten the schedule to the time budget."""
+        extra, step = self.state.extra, self.state.step
+        per_step = extra["train_seconds"] / step
+        budget, total = self.cfg.time_budget, self.total_steps
+        if budget is not None and "budget_total_steps" not in extra:
+            val_s = extra.get("validation_seconds", 0.0) if self.val_batches else 0.0
+            fitted = steps_within_budget(budget, self._elapsed(), step, per_step, val_s, self.eval_every, total)
+            extra["budget_total_steps"] = fitted
+            if fitted < total:
+                self._set_schedule(fitted)
+                self._say(f"time budget {budget / 60:.1f} min: {fitted} of {total} steps fit; the schedule "
+                          f"is fitted to {fitted}")
+        self._say(f"measured {per_step:.2f} s/step: about {(self.total_steps - step) * per_step / 60:.1f} min "
+                  f"for the {self.total_steps - step} steps left")
 
     def _train_step(self, stop: GracefulStop) -> dict[str, Any]:
         start, state, extra = time.perf_counter(), self.state, self.state.extra
@@ -331,7 +401,7 @@ class Run:
         extra["tokens"] += tokens
         extra["supervised_tokens"] += supervised
         extra["train_seconds"] += seconds
-        return {**record, "epoch": round(self.data.epochs(after), 4), "tokens": tokens,
+        return {**record, "total_steps": self.total_steps, "epoch": round(self.data.epochs(after), 4), "tokens": tokens,
                 "supervised_tokens": supervised, "tokens_per_s": tokens / seconds, "elapsed_s": self._elapsed()}
 
     def _ewc_backward(self) -> dict[str, float]:
@@ -353,10 +423,16 @@ class Run:
         norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.max_grad_norm or math.inf)
         return {"grad_norm": float(norm), **out}
 
+    @property
+    def eval_every(self) -> int:
+        """Steps between validations: `train.eval_every`, or for "auto" about `AUTO_VALIDATIONS` per run."""
+        every = self.cfg.eval_every
+        return every if isinstance(every, int) else max(1, math.ceil(self.total_steps / AUTO_VALIDATIONS))
+
     def _validate_if_due(self, callbacks: Sequence[Any]) -> tuple[bool, bool]:
         """Validate every `eval_every` steps and at the last; returns (new best, patience ran out)."""
         step, last = self.state.step, self.state.step >= self.total_steps
-        if not self.val_batches or not (step % self.cfg.eval_every == 0 or last):
+        if not self.val_batches or not (step % self.eval_every == 0 or last):
             return False, False
         _, improved = self._validate(callbacks)
         extra = self.state.extra
@@ -365,16 +441,32 @@ class Run:
         return improved, patience is not None and extra["bad_evals"] >= patience
 
     def _validate(self, callbacks: Sequence[Any]) -> tuple[float | None, bool]:
+        """The validation loss (and the task metric when selecting by one); whether it is a new best."""
+        started = time.perf_counter()
         loss = validation_loss_across(self.model, self.val_batches, self.dist)
+        extra = self.state.extra
+        extra["loss_validation_seconds"] = time.perf_counter() - started
         if loss is None:
             return None, False
+        record: dict[str, Any] = {"type": "val", "step": self.state.step, "val_loss": loss}
+        value = loss
+        if self.task_metric is not None and self.selector.metric != LOSS:
+            self.model.eval()  # no dropout while decoding; the metric draws no random numbers
+            scores = self.task_metric(self.model)
+            self.model.train()
+            record.update({f"val_{name}": score for name, score in scores.items()})
+            value = scores[self.selector.metric]
+        extra["validation_seconds"] = time.perf_counter() - started
         step, state = self.state.step, self.state
-        improved = step > 0 and (state.best_metric is None or loss < state.best_metric)
+        improved = step > 0 and self.selector.better(value, state.best_metric)
         if improved:
-            state.best_metric, state.best_step = loss, step
+            state.best_metric, state.best_step = value, step
+            extra["best_val_loss"] = loss
         if step > 0:
-            state.extra["evals"].append([step, loss])
-        notify(callbacks, "on_eval", {"type": "val", "step": step, "val_loss": loss, "best": improved})
+            extra["evals"].append([step, loss])
+        else:
+            extra["base_metric"] = value
+        notify(callbacks, "on_eval", {**record, "best": improved})
         return loss, improved
 
     def _elapsed(self) -> float:
@@ -438,7 +530,7 @@ class Run:
             epochs=round(self.data.epochs((self.state.epoch, self.state.extra["batch"])), 4), packing=self.packing,
             memory=memory, records=self.inputs.records, dropped=self.inputs.dropped, n_examples=len(self.train_ex),
             val_batches=self.val_batches, recipe_yaml=self.recipe_yaml, model_path=model_path,
-            peak_flops=peak_flops, home=domaintune_home())
+            peak_flops=peak_flops, home=domaintune_home(), select_by=self.selector.metric)
         if self.dist.active:  # tokens/s is the whole job's; MFU is per device
             base["processes"] = self.dist.world
             base["mfu"] = base["mfu"] / self.dist.world if base["mfu"] else None

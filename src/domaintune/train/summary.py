@@ -239,7 +239,7 @@ def build_summary(model: nn.Module, state: TrainState, *, method: str, reason: s
                   epochs: float, packing: bool, memory: MemoryEstimate, records: Sequence[Any],
                   dropped: Sequence[dict], n_examples: int, val_batches: Sequence[dict[str, torch.Tensor]],
                   recipe_yaml: str, model_path: Path | None, peak_flops: float | None,
-                  home: Path | None) -> dict[str, Any]:
+                  home: Path | None, select_by: str = "loss") -> dict[str, Any]:
     """The contents of summary.json for a finished run.
 
     Args:
@@ -250,6 +250,7 @@ def build_summary(model: nn.Module, state: TrainState, *, method: str, reason: s
         n_examples: training examples kept. val_batches: the collated validation batches.
         recipe_yaml, model_path: for the lineage hashes.
         peak_flops, home: the peak FLOP/s given, and the folder holding peak_flops.json.
+        select_by: the metric that picked the best step (`best_metric`, `base_metric` are its values).
 
     `seconds` is the loop's wall time (validation and checkpoints included, summed over resumes),
     `train_seconds` the optimizer steps alone; `tokens_per_s` and `mfu` count every input token
@@ -263,7 +264,9 @@ def build_summary(model: nn.Module, state: TrainState, *, method: str, reason: s
     report, val_counts = trainable_report(model), [token_counts(b) for b in val_batches]
     return {
         "method": method, "stop_reason": reason, "steps": state.step, "total_steps": total_steps, "epochs": epochs,
-        "base_val_loss": extra.get("base_val_loss"), "best_step": state.best_step, "best_val_loss": state.best_metric,
+        "base_val_loss": extra.get("base_val_loss"), "best_step": state.best_step,
+        "best_val_loss": extra.get("best_val_loss", state.best_metric) if select_by != "loss" else state.best_metric,
+        "select_by": select_by, "best_metric": state.best_metric, "base_metric": extra.get("base_metric"),
         "final_val_loss": extra["evals"][-1][1] if extra["evals"] else None,
         "train": {"records": len(records[0]), "examples": n_examples, "dropped": dict(dropped[0]),
                   "tokens": extra["tokens"], "supervised_tokens": extra["supervised_tokens"]},

@@ -1,0 +1,83 @@
+"""How long a run trains: `train.epochs: auto`, the time budget, and the plan printed before step 1.
+
+`epochs: auto` follows from the data: a run sees about `AUTO_EXAMPLES` training examples, with at
+least one pass and at most `AUTO_MAX_EPOCHS` passes. A small labelled set (a few hundred rows)
+gets many passes, a large corpus one; early stopping on validation ends a run that stops
+improving. docs/quality.md holds the measurements behind the two numbers.
+
+`train.time_budget` caps the wall time of the training loop (validation included). Once a few
+steps have run, the measured seconds per step (plus the validations to come) give the steps that
+fit; the schedule is shortened to them once, so the learning rate still decays to its end, and
+the new total is kept in the checkpoint so a resume continues the same schedule. A run that still
+runs out of time (a slow validation, a busy machine) stops at the next step with the reason
+"time_budget" and keeps its best checkpoint.
+
+    >>> auto_epochs(500), auto_epochs(4000), auto_epochs(100000)
+    (8.0, 1.5, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+AUTO_EXAMPLES = 6000
+AUTO_MAX_EPOCHS = 8.0
+REPLAN_AFTER_STEPS = 2  # steps measured before the schedule is fitted to the time budget
+
+
+def auto_epochs(n_examples: int) -> float:
+    """Passes over `n_examples` training examples for `epochs: auto` (see the module docstring)."""
+    if n_examples <= 0:
+        return 1.0
+    return round(min(AUTO_MAX_EPOCHS, max(1.0, AUTO_EXAMPLES / n_examples)), 2)
+
+
+def resolve_epochs(epochs: float | str, n_examples: int) -> float:
+    """`train.epochs` as a number: itself, or `auto_epochs` for "auto"."""
+    return auto_epochs(n_examples) if epochs == "auto" else float(epochs)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run is about to do, for the line printed before its first step."""
+
+    rows: int
+    tokens: int
+    epochs: float
+    steps: int
+    auto: bool
+    budget_s: float | None = None
+
+    def describe(self, seconds_per_step: float | None = None) -> str:
+        """One line: rows, tokens, epochs, steps, the estimated minutes and the budget."""
+        how = "auto" if self.auto else "set"
+        text = (f"plan: {self.rows:,} rows ({self.tokens:,} tokens) x {self.epochs:g} epochs ({how}) = "
+                f"{self.steps:,} steps")
+        if seconds_per_step:
+            text += f"; estimated {self.steps * seconds_per_step / 60:.1f} min"
+        if self.budget_s:
+            text += f"; time budget {self.budget_s / 60:.1f} min"
+        return text
+
+
+def steps_within_budget(budget_s: float, elapsed_s: float, step: int, seconds_per_step: float,
+                        seconds_per_validation: float, eval_every: int, total: int) -> int:
+    """The total steps that fit in the budget, at most `total` and at least one more than `step`.
+
+    Args:
+        budget_s: the wall-time budget of the loop.
+        elapsed_s: seconds spent so far (the step-0 validation included).
+        step: steps done.
+        seconds_per_step: measured training seconds per optimizer step.
+        seconds_per_validation: measured seconds of one validation (0 without validation).
+        eval_every: steps between validations.
+        total: the planned total steps.
+
+    Example:
+        >>> steps_within_budget(100, 10, 2, 5.0, 0.0, 50, 400)
+        20
+    """
+    per_step = seconds_per_step + seconds_per_validation / max(1, eval_every)
+    more = math.floor(max(0.0, budget_s - elapsed_s - seconds_per_validation) / per_step) if per_step > 0 else total
+    return max(step + 1, min(total, step + more))
