@@ -131,6 +131,9 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(3, ge=1, description="Stop after N validations without improvement.")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune embedding-noise strength (off by default).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    cache_frozen: bool = Field(True, description="When only the top layers train, compute the frozen layers below "
+                                                 "them once per example instead of once per epoch (where exact: "
+                                                 "train/frozen.py).")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
     seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
     replay: ReplayConfig | None = Field(None, description="Against forgetting: mix general records into training.")

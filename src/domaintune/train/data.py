@@ -254,6 +254,7 @@ class BatchStream:
     def __init__(self, examples: Sequence[Example], seed: int, packing: bool, batch_tokens: int, batch_size: int,
                  pad_id: int, buckets: Sequence[int] | None = None) -> None:
         self.examples, self.seed, self.packing, self.buckets = examples, seed, packing, buckets
+        self.prefix: Any = None  # a train.frozen.FrozenPrefix: batches carry its cached states
         self.batch_tokens, self.batch_size, self.pad_id = batch_tokens, batch_size, pad_id
         self._cache: dict[int, list[list[int]]] = {}
         # A curriculum epoch packs bucket by bucket, so it may hold a few more rows than the others.
@@ -288,8 +289,11 @@ class BatchStream:
             rows.append(self.rows(epoch)[index])
             index += 1
         rank, world = part
-        return (collate_rows(self.examples, rows[rank::world], self.packing, self.pad_id), (epoch, index),
-                sum(len(r) for r in rows))
+        mine = rows[rank::world]
+        batches = collate_rows(self.examples, mine, self.packing, self.pad_id)
+        if self.prefix is not None:  # the frozen layers' output instead of the tokens (train/frozen.py)
+            batches = [self.prefix.attach(b, row) for b, row in zip(batches, mine)]
+        return batches, (epoch, index), sum(len(r) for r in rows)
 
     def epochs(self, position: tuple[int, int]) -> float:
         """A position as fractional epochs."""

@@ -181,7 +181,9 @@ def _shift_left(values: torch.Tensor, fill: float) -> torch.Tensor:
 
 
 def _model_inputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    # A batch from the frozen-layer cache (train/frozen.py) carries the states in place of the ids.
+    first = "inputs_embeds" if "inputs_embeds" in batch else "input_ids"
+    inputs = {k: batch[k] for k in (first, "attention_mask", "position_ids") if k in batch}
     if "position_ids" in inputs and _is_packed(inputs["position_ids"]):
         if "attention_mask" in inputs:
             raise ValueError("a packed batch must not carry an attention_mask: transformers would then "

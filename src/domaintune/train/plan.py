@@ -46,13 +46,12 @@ class Plan:
     tokens: int
     epochs: float
     steps: int
-    auto: bool
+    source: str  # what set the length: "auto", "epochs" or "max_steps"
     budget_s: float | None = None
 
     def describe(self, seconds_per_step: float | None = None) -> str:
         """One line: rows, tokens, epochs, steps, the estimated minutes and the budget."""
-        how = "auto" if self.auto else "set"
-        text = (f"plan: {self.rows:,} rows ({self.tokens:,} tokens) x {self.epochs:g} epochs ({how}) = "
+        text = (f"plan: {self.rows:,} rows ({self.tokens:,} tokens) x {self.epochs:g} epochs ({self.source}) = "
                 f"{self.steps:,} steps")
         if seconds_per_step:
             text += f"; estimated {self.steps * seconds_per_step / 60:.1f} min"

@@ -14,6 +14,7 @@ this is; only process 0 writes files (`train/distributed.py` has the design).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -236,7 +237,8 @@ class Run:
         epochs = self.data.epochs_in(self.total_steps * self.accum)
         tokens = round(sum(len(ex) for ex in self.train_ex) * epochs)
         return Plan(len(self.train_ex), tokens, round(epochs, 2), self.total_steps,
-                    self.cfg.epochs == "auto" and not self.cfg.max_steps, self.cfg.time_budget)
+                    "max_steps" if self.cfg.max_steps else "auto" if self.cfg.epochs == "auto" else "epochs",
+                    self.cfg.time_budget)
 
     @staticmethod
     def _fresh_extra() -> dict[str, Any]:
@@ -275,6 +277,29 @@ class Run:
         if restored:
             self._restore(latest, force)
         self._start_ewc(restored)
+        self._start_frozen_cache()
+
+    def _start_frozen_cache(self) -> None:
+        """Compute the frozen layers' output once per example when only the top layers train."""
+        if not self.cfg.cache_frozen:
+            return
+        from domaintune.train.frozen import FrozenPrefix
+        from domaintune.train.summary import available_memory
+
+        started = time.perf_counter()
+        prefix = FrozenPrefix.build(self.model, self.train_ex, self.cfg.batch_tokens,
+                                    neftune=self.cfg.neftune_alpha is not None,
+                                    prompt_learning=not packing_supported(self.model),
+                                    free_bytes=available_memory(next(self.model.parameters()).device)[0])
+        self.data.prefix = prefix
+        if prefix is not None:
+            self._say(f"frozen layers 0-{prefix.cut - 1}: computed once for {len(self.train_ex):,} examples "
+                      f"({prefix.nbytes / 2**20:,.0f} MiB, {time.perf_counter() - started:.1f} s); each step runs "
+                      f"the top {len(prefix.layers) - prefix.cut} layers")
+
+    def _top_only(self) -> Any:
+        prefix = self.data.prefix
+        return prefix.top_only() if prefix is not None else contextlib.nullcontext()
 
     def _restore(self, path: Path, force: bool) -> None:
         check_resume_recipe((path / RECIPE_FILE).read_text(encoding="utf-8"), self.recipe_yaml, force)
@@ -380,12 +405,13 @@ class Run:
                 path = self._save()
                 raise KeyboardInterrupt(f"training interrupted; checkpoint {path}, continue with --resume")
 
-        if dist.active:  # no checkpoint mid-step: until the step's end, gradients are this process's part only
-            loss_sum, supervised, tokens, self._stop_agreed = accumulate_across(
-                self.model, batches, self.loss_fn, self.params, lambda: stop.requested, dist)
-        else:
-            loss_sum, supervised, tokens = accumulate_gradients(self.model, batches, state.micro_step, after_micro,
-                                                                self.loss_fn)
+        with self._top_only():
+            if dist.active:  # no checkpoint mid-step: until the step's end, gradients are this process's part only
+                loss_sum, supervised, tokens, self._stop_agreed = accumulate_across(
+                    self.model, batches, self.loss_fn, self.params, lambda: stop.requested, dist)
+            else:
+                loss_sum, supervised, tokens = accumulate_gradients(self.model, batches, state.micro_step,
+                                                                    after_micro, self.loss_fn)
         loss = (earlier + loss_sum) / supervised
         if not math.isfinite(loss):
             raise UserError(f"the training loss became {loss} at step {state.step + 1}",

@@ -1,0 +1,79 @@
+"""Tests for train/frozen.py: caching the frozen layers changes the speed, not the training."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from domaintune.config import FreezeOptions, LoraOptions, TrainConfig
+from domaintune.methods.base import get_method
+from domaintune.models.load import load_model, load_tokenizer
+from domaintune.models.templates import get_template
+from domaintune.train.collate import collate_packed, encode_record
+from domaintune.train.frozen import FrozenPrefix, first_trained_layer
+from domaintune.train.loop import run_training
+from domaintune.train.loss import causal_lm_loss
+
+
+def chat(a: int, b: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                         {"role": "assistant", "content": f"The answer is {a + b}."}]}
+
+
+@pytest.fixture(scope="module")
+def records():
+    rng = random.Random(0)
+    rows = [chat(rng.randint(1, 9), rng.randint(1, 9)) for _ in range(24)]
+    return rows[:20], rows[20:]
+
+
+def lora(model_dir, layers):
+    model = load_model(model_dir)
+    return get_method("lora").apply(model, LoraOptions(r=4, dropout=0.0, layers=layers))
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_qwen2", "tiny_deepseek_v3"])
+def test_cached_states_give_the_plain_loss_and_gradients(family, records, request):
+    model_dir = request.getfixturevalue(family)
+    tokenizer = load_tokenizer(model_dir)
+    model = lora(model_dir, "top:1")
+    examples = [encode_record(r, tokenizer, get_template("chatml"), 256).example for r in records[0]]
+    prefix = FrozenPrefix.build(model, examples, batch_tokens=128)
+    assert prefix is not None and prefix.cut == 1 and len(prefix.states) == len(examples)
+    rows = [0, 3, 5]
+    batch = collate_packed([examples[i] for i in rows])
+    model.zero_grad()
+    plain, _ = causal_lm_loss(model, batch)
+    plain.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    with prefix.top_only():
+        cached, _ = causal_lm_loss(model, prefix.attach(batch, rows))
+        cached.backward()
+    assert len(prefix.layers) == 2  # the full list is back after the block
+    torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_no_cache_where_the_bottom_trains(tiny_llama, records):
+    assert first_trained_layer(lora(tiny_llama, "all")) == 0
+    assert FrozenPrefix.build(lora(tiny_llama, "all"), [], batch_tokens=64) is None
+    full = get_method("full").apply(load_model(tiny_llama), None)
+    assert first_trained_layer(full) is None  # the embeddings train
+    assert FrozenPrefix.build(lora(tiny_llama, "top:1"), [], batch_tokens=64, neftune=True) is None
+
+
+def _run(model_dir, run_dir, records, cache):
+    tokenizer = load_tokenizer(model_dir)
+    cfg = TrainConfig(max_steps=4, learning_rate=1e-2, batch_tokens=128, eval_every=2, threads=1,
+                      warmup_ratio=0.0, method=FreezeOptions(train_top=1), cache_frozen=cache)
+    return run_training(load_model(model_dir), tokenizer, get_template("chatml"), get_method("freeze"), cfg.method,
+                        records[0], records[1], cfg, run_dir, "train: {}\n", model_path=model_dir, progress=False)
+
+
+def test_a_run_with_the_cache_trains_like_one_without(tiny_llama, records, tmp_path):
+    cached, plain = _run(tiny_llama, tmp_path / "a", records, True), _run(tiny_llama, tmp_path / "b", records, False)
+    assert cached.best_val_loss == pytest.approx(plain.best_val_loss, rel=1e-4)
