@@ -11,7 +11,8 @@ section or flat arguments. The CLI is a thin shell over these functions.
     result, paths = api.evaluate(recipe, adapter=str(run.run_dir))
 
 Modules: `data` (prepare, inspect, agree, shipped recipes and datasets), `training` (train),
-`evaluation` (evaluate, compare, review), `deploy` (export, serve, chat), `demo`.
+`evaluation` (evaluate, compare, review), `deploy` (export, serve, chat), `tune` (hyperparameter
+search), `demo`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from domaintune.api.demo import demo, demo_recipe
 from domaintune.api.deploy import chat, export, serve
 from domaintune.api.evaluation import compare, evaluate, load_for_eval, review_export, review_import
 from domaintune.api.training import train
+from domaintune.api.tune import tune
 
 __all__ = ["agree", "bundled_dataset", "chat", "compare", "copy_recipe", "demo", "demo_recipe", "evaluate", "export",
            "inspect", "load_for_eval", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
-           "serve", "train"]
+           "serve", "train", "tune"]

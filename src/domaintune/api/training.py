@@ -22,8 +22,11 @@ from domaintune.train.selection import LOSS, resolve_select_by
 DOMAINS_DIR, ADAPTERS_DIR = "domains", "adapters"
 
 
-def train(recipe: Recipe, resume: bool = False, force: bool = False, progress: bool = True):
+def train(recipe: Recipe, resume: bool = False, force: bool = False, progress: bool = True,
+          callbacks: tuple = ()):
     """Fine-tune the recipe's model on prepared data with the recipe's method.
+
+    `callbacks` are extra training callbacks (`train/callbacks.py`), e.g. `tune`'s pruning hook.
 
     Returns:
         A `TrainResult` (run folder, steps, best and base validation loss, summary); with
@@ -44,11 +47,11 @@ def train(recipe: Recipe, resume: bool = False, force: bool = False, progress: b
     train_split, val_split = load_split(data / "train.jsonl"), load_split(data / "val.jsonl")
     if cfg.domains:
         return _train_domains(recipe, cfg, train_split, val_split, resume, force, progress)
-    return _run(recipe, cfg, train_split, val_split, Path(cfg.output_dir), resume, force, progress)
+    return _run(recipe, cfg, train_split, val_split, Path(cfg.output_dir), resume, force, progress, callbacks)
 
 
 def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run_dir: Path, resume: bool,
-         force: bool, progress: bool):
+         force: bool, progress: bool, callbacks: tuple = ()):
     import yaml
 
     from domaintune.methods import get_method
@@ -71,7 +74,7 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
         model, tokenizer, template, get_method(cfg.method.method), cfg.method, train_split, val_split, cfg, run_dir,
         recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
         resume=resume, force=force, model_path=resolve_model(model_cfg.name), progress=progress,
-        loss_fn=_loss_fn(cfg, tokenizer), select_by=select_by,
+        loss_fn=_loss_fn(cfg, tokenizer), select_by=select_by, callbacks=callbacks,
         task_metric=_task_metric(cfg, select_by, tokenizer, template, val_split, answers))
 
 

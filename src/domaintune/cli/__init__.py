@@ -57,6 +57,8 @@ _COMMANDS: list[tuple[str, str, Callable, Callable]] = [
      training.run_inspect),
     ("eval", "Evaluate a model or adapter on held-out data: metrics, latency, forgetting, leaks, HTML report.",
      evaluation.build_eval, evaluation.run_eval),
+    ("tune", "Search learning rate, epochs, LoRA rank and batch size with Optuna under a time budget.",
+     training.build_tune, training.run_tune),
     ("compare", "Compare two models or evaluations with paired significance tests.", evaluation.build_compare,
      evaluation.run_compare),
     ("review", "Blinded human review sheets: export for raters, import their scores.", evaluation.build_review,

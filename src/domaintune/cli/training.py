@@ -20,7 +20,8 @@ def build_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHOD_NAMES, help="fine-tuning method (options via --set train.method.KEY=V)")
     p.add_argument("-o", "--output-dir", help=field_help(TrainConfig, "output_dir"))
     p.add_argument("--max-steps", type=int, help=field_help(TrainConfig, "max_steps"))
-    p.add_argument("--epochs", type=float, help=field_help(TrainConfig, "epochs"))
+    p.add_argument("--epochs", help=field_help(TrainConfig, "epochs"))
+    p.add_argument("--time-budget", help=field_help(TrainConfig, "time_budget"))
     p.add_argument("--lr", type=float, help=field_help(TrainConfig, "learning_rate"))
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--force", action="store_true", help="resume even though the recipe changed")
@@ -31,7 +32,7 @@ def run_train(a: argparse.Namespace) -> int:
 
     flags: dict[str, Any] = {}
     for key, value in (("data_dir", a.data), ("output_dir", a.output_dir), ("max_steps", a.max_steps),
-                       ("epochs", a.epochs), ("learning_rate", a.lr)):
+                       ("epochs", a.epochs), ("learning_rate", a.lr), ("time_budget", a.time_budget)):
         put(flags, key, value)
     if a.method:
         flags["method"] = {"method": a.method}
@@ -47,11 +48,50 @@ def run_train(a: argparse.Namespace) -> int:
 def _print_run(result: Any, domain: str | None) -> None:
     if domain:
         print(f"domain {domain}:", end=" ")
+    summary = result.summary or {}
+    metric = summary.get("select_by", "loss")
     if result.best_val_loss is None or result.base_val_loss is None:   # no validation split
         print(f"run: {result.run_dir}  steps {result.steps}  (no validation loss)")
+    elif metric != "loss" and summary.get("best_metric") is not None:
+        print(f"run: {result.run_dir}  steps {result.steps}  val {metric} {summary['base_metric']:.1f} (base) -> "
+              f"{summary['best_metric']:.1f} (best, step {result.best_step}; val loss {result.best_val_loss:.4f})")
     else:
         print(f"run: {result.run_dir}  steps {result.steps}  val loss {result.base_val_loss:.4f} (base) -> "
               f"{result.best_val_loss:.4f} (best, step {result.best_step})")
+
+
+def build_tune(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("examples:\n  domaintune tune --config my.yaml --budget 30m -o runs/tune\n"
+                "  domaintune tune --data prepared/ --budget 2h -o runs/tune   # again: continues the search\n"
+                "  domaintune train --config runs/tune/best.yaml -o runs/best")
+    recipe_args(p)
+    p.add_argument("--model", help=field_help(ModelConfig, "name"))
+    p.add_argument("--data", help=field_help(TrainConfig, "data_dir"))
+    p.add_argument("--budget", required=True, help="wall time of the whole search: 90s, 30m, 2h (across restarts)")
+    p.add_argument("--trials", type=int, help="stop after this many trials (default: as many as the budget allows)")
+    p.add_argument("-o", "--output-dir", required=True, help="the search folder: study.db, trials/, tune.html, best.yaml")
+
+
+def run_tune(a: argparse.Namespace) -> int:
+    from domaintune import api
+    from domaintune.config.train import parse_duration
+
+    try:
+        budget = parse_duration(a.budget)
+    except ValueError as exc:
+        raise UserError(str(exc), hint="pass --budget as 90s, 30m or 2h") from None
+    flags: dict[str, Any] = {}
+    put(flags, "data_dir", a.data)
+    base = {"train": flags, **({"model": {"name": a.model}} if a.model else {})}
+    out = api.tune(load_recipe(a.config, a.set, base=base), budget, a.output_dir, max_trials=a.trials,
+                   say=lambda line: print(line, flush=True))
+    best = out["best"]
+    if best is None:
+        print(f"no trial finished within the budget; see {out['paths']['html']}")
+        return 0
+    print(f"best: trial {best['trial']}, val {out['metric']} {best['value']:.4g}  {best['params']}")
+    print(f"recipe: {out['paths']['best_recipe']}\nreport: {out['paths']['html']}\nrun: {best['run_dir']}")
+    return 0
 
 
 def build_inspect(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from domaintune.config.methods import (METHOD_NAMES, AdapterOptions, DistillOpti
                                        QLoraOptions)
 from domaintune.config.prepare import (ChunkConfig, CleanConfig, DedupConfig, InputSpec, MixConfig, PiiConfig,
                                        PrepareConfig, RegexRule, SplitConfig)
-from domaintune.config.recipe import ModelConfig, Recipe, load_recipe
+from domaintune.config.recipe import ModelConfig, Recipe, apply_overrides, load_recipe
 from domaintune.config.train import (CurriculumConfig, EwcConfig, LayerGroupConfig, ReplayConfig, StageConfig,
                                      TrainConfig)
 
@@ -29,5 +29,5 @@ __all__ = [
     "DistillOptions", "EwcConfig", "FreezeOptions", "FullOptions", "IA3Options", "InputSpec", "LayerGroupConfig",
     "LoraOptions", "MethodConfig", "MixConfig", "ModelConfig", "PiiConfig", "PrefixOptions", "PrepareConfig",
     "PromptOptions", "QLoraOptions", "Recipe", "RegexRule", "ReplayConfig", "Section", "SplitConfig",
-    "StageConfig", "TrainConfig", "field_help", "load_recipe",
+    "StageConfig", "TrainConfig", "apply_overrides", "field_help", "load_recipe",
 ]

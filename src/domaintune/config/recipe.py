@@ -60,3 +60,18 @@ def load_recipe(path: str | None = None, overrides: list[str] | None = None,
         return Recipe.model_validate(data)
     except ValidationError as err:
         raise UserError(format_errors(err, path, lines, Recipe)) from None
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A copy of `recipe` with `--set` style overrides applied and validated again.
+
+    Example:
+        >>> apply_overrides(Recipe(), ["train.learning_rate=0.001"]).train.learning_rate
+        0.001
+    """
+    data = recipe.model_dump(mode="json")
+    deep_merge(data, parse_overrides(overrides))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise UserError(format_errors(err, None, {}, Recipe)) from None

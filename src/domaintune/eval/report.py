@@ -90,7 +90,7 @@ def render_eval_report(report: Mapping[str, Any], predictions: Sequence[Mapping[
         _loss_section(loss_curve),
         _examples_section(predictions),
     ]
-    return _write(out_path, "domaintune eval report", sections)
+    return write_page(out_path, "domaintune eval report", sections)
 
 
 def render_compare_report(result: Mapping[str, Any], out_path: str | Path) -> Path:
@@ -115,7 +115,7 @@ def render_compare_report(result: Mapping[str, Any], out_path: str | Path) -> Pa
         _figure("A vs B", plots.compare_png(names, tests)) if tests else "",
         _disagreements_section(result.get("examples") or [], names),
     ]
-    return _write(out_path, f"domaintune compare: {names[0]} vs {names[1]}", sections)
+    return write_page(out_path, f"domaintune compare: {names[0]} vs {names[1]}", sections)
 
 
 def compare_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -356,7 +356,7 @@ def _disagreement(example: Mapping[str, Any], names: tuple[str, str], flagged: b
 
 # ---- small pieces --------------------------------------------------------------------------------
 
-def _write(out_path: str | Path, title: str, sections: Sequence[str]) -> Path:
+def write_page(out_path: str | Path, title: str, sections: Sequence[str]) -> Path:
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
