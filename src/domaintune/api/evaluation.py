@@ -100,8 +100,25 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
                       pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,
                       training_texts=_answers(pool) if cfg.leak_check and pool else None, step=step,
                       progress=progress)
+    if cfg.baselines and pool and records:
+        result.report["baselines"] = _baselines(result, pool, data.path.parent, records, settings.choices)
     paths = write_eval(result, Path(output_dir or cfg.output_dir), loss_curve=loaded.loss_curve)
     return result, paths
+
+
+def _baselines(result: Any, pool: Any, folder: Path, records: list, choices: Any) -> dict[str, Any]:
+    """Classic baselines on the evaluated records, beside the model (C picked on val.jsonl)."""
+    from domaintune.eval.baselines import against_model, classic_baselines
+    from domaintune.train.data import load_split
+
+    val_file = folder / "val.jsonl"
+    val = load_split(val_file) if val_file.is_file() else []
+    fitted = classic_baselines(pool, records, val=val, closed=choices is not None)
+    metric = "accuracy" if choices is not None else "chrf"
+    scores = [row["scores"].get("exact_match" if metric == "accuracy" else "chrf") for row in result.predictions]
+    if any(s is None for s in scores):
+        return {}
+    return against_model(scores, fitted, metric)
 
 
 def _choices(cfg: Any, loaded: Loaded, pool: Any) -> tuple[str, ...] | None:

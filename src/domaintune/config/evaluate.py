@@ -32,6 +32,9 @@ class EvalConfig(Section):
                             "model the one its few-shot pool forms), decode only answers of that set and report "
                             "each one's probability as its confidence; 'off': decode freely.")
     text_metrics: bool = Field(True, description="BLEU, chrF and ROUGE on the generations.")
+    baselines: bool = Field(True, description="Score classic baselines fitted on the training split beside the "
+                                              "model (majority answer, TF-IDF + logistic regression for closed "
+                                              "answer sets, nearest training answer), with paired p-values.")
     perplexity: bool = Field(True, description="Perplexity on the reference answers (zero-shot context).")
     json_fields: bool = Field(False, description="Field-level F1 for answers that are JSON objects.")
     general: str | None = Field("bundled:general_reference.jsonl",

@@ -14,7 +14,6 @@ left out, and metrics the page does not know are still listed by name.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from domaintune.eval import plots
+from domaintune.eval.html import as_text, box, clip, fields, figure, flatten, kv_table, write_page
 from domaintune.eval.plots import fmt_ci, fmt_number, fmt_p, is_number
 
 EXAMPLES_PER_GROUP = 5
@@ -46,17 +46,10 @@ LATENCY_NAMES = {
     "ttft_p50_ms": "time to first token, median (ms)",
     "s_per_200_tokens": "seconds to generate 200 tokens",
 }
-# System fonts only: a web font would be a network fetch.
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;
- color:#222;line-height:1.45} h1{font-size:1.6em} h2{font-size:1.2em;border-bottom:1px solid #ddd;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0} th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;
- vertical-align:top} th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.box{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:.8em 0;background:#fafafa}
-.warn{border-color:#d9822b;background:#fff6ec} .ok{border-color:#4c9a2a;background:#f3faef} .verdict{font-weight:600}
-.muted{color:#666;font-size:.9em} pre{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5em}
-summary{cursor:pointer} img{max-width:100%;height:auto}
-"""
+
+
+BASELINE_NAMES = {"majority": "majority answer", "tfidf_lr": "TF-IDF + logistic regression",
+                  "nearest": "nearest training answer (TF-IDF)"}
 
 
 # ---- public API ----------------------------------------------------------------------------------
@@ -84,6 +77,7 @@ def render_eval_report(report: Mapping[str, Any], predictions: Sequence[Mapping[
         _metrics_section(report.get("metrics")),
         _labels_section(report.get("labels")),
         _calibration_section(report.get("calibration")),
+        _baselines_section(report.get("baselines")),
         _latency_section(report.get("latency")),
         _forgetting_section(report.get("forgetting")),
         _leak_section(report.get("leak")),
@@ -110,9 +104,9 @@ def render_compare_report(result: Mapping[str, Any], out_path: str | Path) -> Pa
     verdicts = [str(t["verdict"]) for t in tests.values() if t.get("verdict")]
     sections = [
         f"<h1>{escape(names[0])} vs {escape(names[1])}</h1>",
-        _box("".join(f'<p class="verdict">{escape(v)}</p>' for v in verdicts)) if verdicts else "",
+        box("".join(f'<p class="verdict">{escape(v)}</p>' for v in verdicts)) if verdicts else "",
         _compare_table(result, names),
-        _figure("A vs B", plots.compare_png(names, tests)) if tests else "",
+        figure("A vs B", plots.compare_png(names, tests)) if tests else "",
         _disagreements_section(result.get("examples") or [], names),
     ]
     return write_page(out_path, f"domaintune compare: {names[0]} vs {names[1]}", sections)
@@ -189,7 +183,7 @@ def _eval_header(report: Mapping[str, Any]) -> str:
     facts = [*model.items(), ("data", data.get("path")), ("data sha256", data.get("sha256")),
              ("examples", data.get("n")), ("prompting", f"{few_shot}-shot" if few_shot else "zero-shot")]
     title = model.get("name") or "model"
-    return f"<h1>Evaluation: {escape(str(title))}</h1>" + _kv_table([(k, v) for k, v in facts if v is not None])
+    return f"<h1>Evaluation: {escape(str(title))}</h1>" + kv_table([(k, v) for k, v in facts if v is not None])
 
 
 def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
@@ -197,7 +191,7 @@ def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
         return ""
     rows = "".join(f'<tr><td>{escape(name)}</td><td class="num">{escape(fmt_number(value))}</td>'
                    f'<td class="muted">{escape(METRIC_NOTES.get(name.split(".")[0], ""))}</td></tr>'
-                   for name, value in _flatten(metrics))
+                   for name, value in flatten(metrics))
     return f"<h2>Metrics</h2><table><tr><th>metric</th><th>value</th><th>meaning</th></tr>{rows}</table>"
 
 
@@ -207,7 +201,7 @@ def _labels_section(labels: Mapping[str, Any] | None) -> str:
     parts = ["<h2>Per-label results</h2>"]
     per_label = labels.get("per_label") or {}
     if per_label:
-        parts.append(_figure("F1 per label", plots.label_f1_png(per_label)))
+        parts.append(figure("F1 per label", plots.label_f1_png(per_label)))
         header = "<tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
         rows = "".join(f"<tr><td>{escape(str(label))}</td>"
                        + "".join(f'<td class="num">{escape(fmt_number(s.get(k)))}</td>'
@@ -216,7 +210,7 @@ def _labels_section(labels: Mapping[str, Any] | None) -> str:
         parts.append(f"<details><summary>table</summary><table>{header}{rows}</table></details>")
     confusion = labels.get("confusion") or {}
     if confusion.get("labels") and confusion.get("matrix"):
-        parts.append(_figure("Confusion matrix", plots.confusion_png(confusion["labels"], confusion["matrix"])))
+        parts.append(figure("Confusion matrix", plots.confusion_png(confusion["labels"], confusion["matrix"])))
     return "".join(parts)
 
 
@@ -225,15 +219,31 @@ def _calibration_section(calibration: Mapping[str, Any] | None) -> str:
         return ""
     facts = [("expected calibration error", f"{fmt_number(calibration['ece'])} points"),
              ("mean confidence", calibration.get("mean_confidence")), ("accuracy", calibration.get("accuracy"))]
-    return ("<h2>Confidence vs accuracy</h2>" + _kv_table(facts)
-            + _figure("reliability diagram", plots.reliability_png(calibration["bins"])))
+    return ("<h2>Confidence vs accuracy</h2>" + kv_table(facts)
+            + figure("reliability diagram", plots.reliability_png(calibration["bins"])))
+
+
+def _baselines_section(baselines: Mapping[str, Any] | None) -> str:
+    if not baselines:
+        return ""
+    rows = "".join(f"<tr><td>{escape(BASELINE_NAMES.get(name, name))}</td><td>{escape(b['metric'])}</td>"
+                   f'<td class="num">{escape(fmt_number(b["baseline"]))}</td>'
+                   f'<td class="num">{escape(fmt_number(b["model"]))}</td>'
+                   f'<td class="num">{escape(fmt_number(b["diff"], signed=True))}</td>'
+                   f'<td class="num">{escape(fmt_p(b["p_value"]))}</td></tr>' for name, b in baselines.items())
+    losses = [BASELINE_NAMES.get(n, n) for n, b in baselines.items() if b["diff"] < 0]
+    note = (box("The model scores below " + ", ".join(losses) + ": a classic baseline does better.", "warn")
+            if losses else "")
+    return ("<h2>Classic baselines (fitted on the training split)</h2>" + note
+            + "<table><tr><th>baseline</th><th>metric</th><th>baseline</th><th>model</th><th>model - baseline</th>"
+            + f"<th>p</th></tr>{rows}</table>")
 
 
 def _latency_section(latency: Mapping[str, Any] | None) -> str:
     if not latency:
         return ""
     rows = [(LATENCY_NAMES.get(k, k), fmt_number(v)) for k, v in latency.items()]
-    return "<h2>Latency</h2>" + _box(_kv_table(rows))
+    return "<h2>Latency</h2>" + box(kv_table(rows))
 
 
 def _forgetting_section(forgetting: Mapping[str, Any] | None) -> str:
@@ -245,7 +255,7 @@ def _forgetting_section(forgetting: Mapping[str, Any] | None) -> str:
             "perplexity is how surprised each model is by those answers.</p>")
     # Scalars only: eval.forgetting's per-example KL list belongs in report.json, not in this box.
     scalars = [(k, v) for k, v in forgetting.items() if not isinstance(v, (list, tuple, Mapping))]
-    return "<h2>Forgetting</h2>" + _box(sentence + note + _kv_table(scalars))
+    return "<h2>Forgetting</h2>" + box(sentence + note + kv_table(scalars))
 
 
 def _leak_section(leak: Mapping[str, Any] | None) -> str:
@@ -254,9 +264,9 @@ def _leak_section(leak: Mapping[str, Any] | None) -> str:
     verbatim, pii = leak.get("verbatim") or 0, leak.get("pii") or 0
     summary = (f"<p><b>{escape(fmt_number(verbatim))}</b> generations reproduce long verbatim spans of the "
                f"training data; <b>{escape(fmt_number(pii))}</b> reproduce PII-masked originals.</p>")
-    examples = "".join(f"<pre>{escape(_as_text(e))}</pre>" for e in leak.get("examples") or [])
+    examples = "".join(f"<pre>{escape(as_text(e))}</pre>" for e in leak.get("examples") or [])
     details = f"<details><summary>examples</summary>{examples}</details>" if examples else ""
-    return "<h2>Leak check</h2>" + _box(summary + details, "warn" if verbatim or pii else "ok")
+    return "<h2>Leak check</h2>" + box(summary + details, "warn" if verbatim or pii else "ok")
 
 
 def _loss_section(loss_curve: Path | None) -> str:
@@ -264,7 +274,7 @@ def _loss_section(loss_curve: Path | None) -> str:
         return ""
     if not Path(loss_curve).is_file():
         return f'<h2>Training loss</h2><p class="muted">no loss curve at {escape(str(loss_curve))}</p>'
-    return "<h2>Training loss</h2>" + _figure("training loss", plots.file_data_uri(Path(loss_curve).read_bytes()))
+    return "<h2>Training loss</h2>" + figure("training loss", plots.file_data_uri(Path(loss_curve).read_bytes()))
 
 
 def _examples_section(predictions: Sequence[Mapping[str, Any]]) -> str:
@@ -304,9 +314,9 @@ def _pick_examples(rows: list[Mapping[str, Any]], metric: str | None) -> list[tu
 def _example(row: Mapping[str, Any], metric: str | None) -> str:
     scores = row.get("scores") or {}
     score = f"[{metric} {fmt_number(scores.get(metric))}] " if metric else ""
-    fields = _fields([(name, row.get(name)) for name in ("prompt", "reference", "prediction")])
+    body = fields([(name, row.get(name)) for name in ("prompt", "reference", "prediction")])
     score_line = ", ".join(f"{k} {fmt_number(v)}" for k, v in scores.items())
-    return (f"<details><summary>{escape(score + _clip(_as_text(row.get('prompt'))))}</summary>{fields}"
+    return (f"<details><summary>{escape(score + clip(as_text(row.get('prompt'))))}</summary>{body}"
             f'<p class="muted">{escape(score_line)}</p></details>')
 
 
@@ -349,61 +359,8 @@ def _disagreement(example: Mapping[str, Any], names: tuple[str, str], flagged: b
         return (" ✓" if example.get(f"{key}_correct") else " ✗") if flagged else ""
 
     winner = (names[1] if example.get("b_correct") else names[0]) + " right: " if flagged else ""
-    body = _fields([("prompt", example.get("prompt")), ("reference", example.get("reference")),
+    body = fields([("prompt", example.get("prompt")), ("reference", example.get("reference")),
                     (names[0] + mark("a"), example.get("a")), (names[1] + mark("b"), example.get("b"))])
-    return f"<details><summary>{escape(winner + _clip(_as_text(example.get('prompt'))))}</summary>{body}</details>"
+    return f"<details><summary>{escape(winner + clip(as_text(example.get('prompt'))))}</summary>{body}</details>"
 
 
-# ---- small pieces --------------------------------------------------------------------------------
-
-def write_page(out_path: str | Path, title: str, sections: Sequence[str]) -> Path:
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(s for s in sections if s)
-            + '\n<p class="muted">Written by domaintune.</p></body></html>\n')
-    path.write_text(page, encoding="utf-8")
-    return path
-
-
-def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:
-    cells = [(str(k), fmt_number(v) if is_number(v) else _as_text(v)) for k, v in rows]
-    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in cells)
-    return f"<table>{body}</table>"
-
-
-def _fields(pairs: Sequence[tuple[str, Any]]) -> str:
-    return "".join(f"<p><b>{escape(title)}</b></p><pre>{escape(_as_text(value))}</pre>" for title, value in pairs)
-
-
-def _box(inner: str, kind: str = "") -> str:
-    return f'<div class="box {kind}">{inner}</div>'
-
-
-def _figure(alt: str, uri: str) -> str:
-    # `uri` is a data: URI built here from bytes, never user text; `alt` is escaped.
-    return f'<p><img alt="{escape(alt)}" src="{uri}"></p>'
-
-
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested metric dicts ({"f1": {"micro": ..}}) become dotted rows ("f1.micro")."""
-    rows: list[tuple[str, Any]] = []
-    for name, value in metrics.items():
-        key = f"{prefix}{name}"
-        rows += _flatten(value, key + ".") if isinstance(value, Mapping) else [(key, value)]
-    return rows
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, indent=1, default=str)
-
-
-def _clip(text: str, limit: int = 100) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"

@@ -34,7 +34,7 @@ def write_trials(rows: list[dict[str, Any]], out: Path) -> Path:
 
 def write_html(study: Any, rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | None, out: Path) -> Path:
     """tune.html: the optimisation history, the parameter importances and the trials table."""
-    from domaintune.eval.report import write_page
+    from domaintune.eval.html import write_page
 
     sections = [f"<h1>Hyperparameter search: {escape(metric)}</h1>"]
     if best is not None:

@@ -22,7 +22,9 @@ def test_training_records_the_set_and_eval_decodes_inside_it(make_recipe, tmp_pa
     assert {p["prediction"] for p in preds} <= set(LABELS)
     assert all(0 < p["confidence"] <= 1 for p in preds)
     assert result.report["calibration"]["n"] == len(preds)
-    assert "Confidence vs accuracy" in paths["html"].read_text(encoding="utf-8")
+    html = paths["html"].read_text(encoding="utf-8")
+    assert "Confidence vs accuracy" in html and "Classic baselines" in html
+    assert set(result.report["baselines"]) == {"majority", "nearest", "tfidf_lr"}
     free, _ = api.evaluate(make_recipe(closed_set="off"), adapter=str(run.run_dir),
                            output_dir=str(tmp_path / "free"), progress=False)
     assert all(p["confidence"] is None for p in free.predictions) and free.report["calibration"] is None

@@ -1,0 +1,140 @@
+"""Classic baselines on the same split: what a tuned model has to beat before anyone should care.
+
+Fitted on the training records (the prompt text in, the final answer out) and scored on the
+evaluation records exactly like the model:
+
+* `majority`: always the most frequent training answer;
+* `tfidf_lr` (closed answer sets): TF-IDF over word 1-2-grams and character 2-5-grams
+  (scikit-learn), multinomial logistic regression; C is chosen on the validation records, never
+  on the evaluation split;
+* `nearest`: the answer of the most similar training prompt (TF-IDF cosine), the retrieval
+  baseline for free-text answers as for labels.
+
+Closed sets are scored by accuracy and macro-F1 on the answer itself, free text by chrF.
+
+    out = classic_baselines(train, test, val=val, closed=True)
+    out["tfidf_lr"]["metrics"]["accuracy"], out["tfidf_lr"]["per_example"][:3]
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from domaintune.data.answers import final_answer
+
+C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def prompt_text(record: Mapping[str, Any]) -> str:
+    """The text before the final answer (system and user turns, joined by newlines)."""
+    messages = list(record.get("messages") or ())
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+    return "\n".join(str(m.get("content", "")) for m in messages[:last])
+
+
+def classic_baselines(train: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]], *,
+                      val: Sequence[Mapping[str, Any]] = (), closed: bool) -> dict[str, dict[str, Any]]:
+    """Fit each baseline on `train`, pick its settings on `val`, score it on `test`.
+
+    Returns:
+        `{name: {"predictions", "per_example", "metrics", "seconds", "settings"}}`; per-example
+        scores are 0/100 (closed sets) or sentence chrF (free text).
+    """
+    xs, ys = _pairs(train)
+    test_x, test_y = _pairs(test)
+    val_x, val_y = _pairs(val)
+    if not xs or not test_x:
+        return {}
+    out = {"majority": _run(lambda: ([Counter(ys).most_common(1)[0][0]] * len(test_x), {}), test_y, closed),
+           "nearest": _run(lambda: (_nearest(xs, ys, test_x), {}), test_y, closed)}
+    if closed and len(set(ys)) >= 2:
+        out["tfidf_lr"] = _run(lambda: _tfidf_lr(xs, ys, val_x, val_y, test_x), test_y, closed)
+    return out
+
+
+def _pairs(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    pairs = [(prompt_text(r), final_answer(r)) for r in records]
+    kept = [(x, y) for x, y in pairs if y is not None]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _run(fit_predict: Any, truth: list[str], closed: bool) -> dict[str, Any]:
+    from domaintune.eval import metrics as m
+
+    started = time.process_time()
+    predictions, settings = fit_predict()
+    seconds = time.process_time() - started
+    if closed:
+        labels = m.label_metrics(predictions, truth, labels=sorted(set(truth)))
+        per_example, metrics = labels["per_example"], {"accuracy": labels["accuracy"], "macro_f1": labels["macro"]["f1"]}
+    else:
+        score = m.chrf(predictions, truth)
+        per_example, metrics = score.per_example, {"chrf": score.value}
+    return {"predictions": predictions, "per_example": per_example, "metrics": metrics,
+            "cpu_seconds": round(seconds, 3), "settings": settings}
+
+
+def _vectorizer() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion([("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+                         ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))])
+
+
+def _nearest(xs: list[str], ys: list[str], queries: list[str]) -> list[str]:
+    vectorizer = _vectorizer().fit(xs)
+    similarity = vectorizer.transform(queries) @ vectorizer.transform(xs).T  # rows are L2-normalised: cosine
+    return [ys[int(similarity[i].toarray().argmax())] for i in range(len(queries))]
+
+
+def _tfidf_lr(xs: list[str], ys: list[str], val_x: list[str], val_y: list[str],
+              test_x: list[str]) -> tuple[list[str], dict[str, Any]]:
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = _vectorizer().fit(xs)
+    train_m, test_m = vectorizer.transform(xs), vectorizer.transform(test_x)
+
+    def fit(c: float) -> Any:
+        return LogisticRegression(C=c, max_iter=2000).fit(train_m, ys)
+
+    if val_x:
+        val_m = vectorizer.transform(val_x)
+        scores = {c: float((fit(c).predict(val_m) == val_y).mean()) for c in C_GRID}
+        best = max(C_GRID, key=lambda c: (scores[c], -c))
+    else:
+        best, scores = 10.0, {}
+    return list(fit(best).predict(test_m)), {"C": best, "val_accuracy_by_C": scores}
+
+
+def against_model(model_scores: Sequence[float], baselines: Mapping[str, Mapping[str, Any]],
+                  metric: str) -> dict[str, dict[str, Any]]:
+    """Each baseline beside the model on `metric`: the difference (model - baseline) and a paired p-value.
+
+    Args:
+        model_scores: the model's per-example scores on `metric` (0/100 for labels, chrF otherwise).
+        baselines: `classic_baselines` output.
+        metric: "accuracy" (McNemar's test) or "chrf" (paired bootstrap).
+
+    Returns:
+        `{name: {"metric", "baseline", "model", "diff", "p_value"}}` (JSON-ready, no predictions).
+    """
+    from domaintune.eval import stats
+
+    out = {}
+    model = sum(model_scores) / len(model_scores) if model_scores else float("nan")
+    for name, result in baselines.items():
+        theirs = result["per_example"]
+        if len(theirs) != len(model_scores) or metric not in result["metrics"]:
+            continue
+        if metric == "accuracy":
+            p = stats.mcnemar([s > 0 for s in theirs], [s > 0 for s in model_scores]).p_value
+        else:
+            p = stats.paired_bootstrap(theirs, model_scores, n_resamples=2000).p_value
+        base = result["metrics"][metric]
+        out[name] = {"metric": metric, "baseline": base, "model": model, "diff": model - base, "p_value": p,
+                     "cpu_seconds": result["cpu_seconds"], "settings": result["settings"]}
+    return out
