@@ -20,14 +20,15 @@ class LoraOptions(Section):
     method: Literal["lora"] = "lora"
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt; 'all-linear': every attention and MLP linear of the architecture.")
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA scaling.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
-    layers: str = Field("all", description="Decoder layers to adapt: 'all', 'top:K', 'bottom:K', 'middle', '0-3' "
-                                           "or '4,5,7'. Adapting only the top layers also skips the backward "
-                                           "pass below them.")
+    layers: str = Field("top:33%", description="Decoder layers to adapt: 'top:33%' (the top third), 'all', 'top:K', "
+                                               "'bottom:K', 'middle', '0-3' or '4,5,7'. With only the top layers "
+                                               "adapted, the frozen layers below run once per example "
+                                               "(train.cache_frozen) and no backward pass goes below them.")
 
 
 class QLoraOptions(Section):

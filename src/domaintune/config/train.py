@@ -110,18 +110,20 @@ class TrainConfig(Section):
                             "closed set, else loss.")
     val_samples: int = Field(200, ge=1, description="Validation rows decoded for a task metric (select_by).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (overrides epochs).")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (docs/quality.md: the default "
+                                                         "measured across the benchmark's tasks).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and norms).")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps for linear warm-up.")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (None: off).")
     layer_groups: list[LayerGroupConfig] = Field(default_factory=list, description="Per-layer-group LR and clipping.")
     max_len: int = Field(1024, ge=8, description="Longest example in tokens.")
     truncation: Literal["drop", "truncate"] = Field("drop", description="Longer examples: drop them or cut them.")
     packing: bool = Field(True, description="Pack several examples into one row without padding.")
-    batch_tokens: int = Field(2048, ge=8, description="Tokens per packed row (micro-batch).")
+    batch_tokens: int = Field(512, ge=8, description="Tokens per packed row (micro-batch); short rows keep the "
+                                                     "attention cost per token low.")
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch when packing is off.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     train_on_prompt: bool = Field(False, description="Also train on system/user tokens (default: answers only).")
     keep_reasoning: bool = Field(True, description="Keep <think> reasoning in R1 training targets.")
     eval_every: int | Literal["auto"] = Field(
@@ -206,7 +208,7 @@ class TrainConfig(Section):
         Example:
             >>> cfg = TrainConfig(max_steps=9, stages=[StageConfig(epochs=1), StageConfig(learning_rate=1e-5)])
             >>> [(s.max_steps, s.learning_rate) for s in cfg.stage_configs()]
-            [(None, 0.0002), (9, 1e-05)]
+            [(None, 0.001), (9, 1e-05)]
         """
         if not self.stages:
             return [self]

@@ -27,7 +27,7 @@ from torch import nn
 from domaintune.errors import UserError
 
 DEFAULT_GROUP = "default"
-_SPEC_HINT = "use 'all', 'bottom:K', 'middle', 'top:K', a range '0-3' or a list '4,5,7'"
+_SPEC_HINT = "use 'all', 'bottom:K', 'middle', 'top:K', 'top:33%', a range '0-3' or a list '4,5,7'"
 _NO_DECAY = re.compile(r"(norm|\.bias$|ia3_l|lora_magnitude_vector)", re.IGNORECASE)
 
 
@@ -51,8 +51,9 @@ class LayerGroup:
 def parse_layer_spec(spec: str, n_layers: int) -> tuple[int, ...]:
     """Turn a layer spec into sorted layer indices.
 
-    Specs: "all"; "bottom:K" (first K); "top:K" (last K); "middle" (the middle third: what is left
-    after round(n/3) layers at each end); "0-3" (inclusive); "4,5,7"; and lists of these, "0-1,7".
+    Specs: "all"; "bottom:K" (first K); "top:K" (last K); "top:P%" / "bottom:P%" (that share of the
+    layers, at least one); "middle" (the middle third: what is left after round(n/3) layers at
+    each end); "0-3" (inclusive); "4,5,7"; and lists of these, "0-1,7".
 
     Args:
         spec: the spec.
@@ -66,6 +67,8 @@ def parse_layer_spec(spec: str, n_layers: int) -> tuple[int, ...]:
 
     Example:
         >>> parse_layer_spec("top:3", 30)
+        (27, 28, 29)
+        >>> parse_layer_spec("top:10%", 30)
         (27, 28, 29)
     """
     text = spec.strip().lower()
@@ -84,7 +87,10 @@ def parse_layer_spec(spec: str, n_layers: int) -> tuple[int, ...]:
 
 
 def _count(text: str, spec: str, n_layers: int) -> int:
-    if not text.strip().isdigit() or not 1 <= int(text) <= n_layers:
+    text = text.strip()
+    if text.endswith("%") and text[:-1].strip().replace(".", "", 1).isdigit() and 0 < float(text[:-1]) <= 100:
+        return max(1, round(n_layers * float(text[:-1]) / 100))
+    if not text.isdigit() or not 1 <= int(text) <= n_layers:
         raise UserError(f"layer spec '{spec}' needs a count from 1 to {n_layers}", hint=_SPEC_HINT)
     return int(text)
 

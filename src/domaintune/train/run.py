@@ -350,10 +350,10 @@ class Run:
             notify(callbacks, "on_step", self._train_step(stop))
             if self.state.step == REPLAN_AFTER_STEPS:
                 self._fit_to_budget()
-            improved, patience_out = self._validate_if_due(callbacks)
-            done = self.state.step >= self.total_steps
             budget = self.cfg.time_budget
             out_of_time = budget is not None and self._elapsed() >= budget
+            improved, patience_out = self._validate_if_due(callbacks, last=out_of_time)
+            done = self.state.step >= self.total_steps
             reason = ("early_stopping" if patience_out else "completed" if done
                       else "time_budget" if out_of_time else None)
             extra["stop_reason"] = reason
@@ -455,9 +455,10 @@ class Run:
         every = self.cfg.eval_every
         return every if isinstance(every, int) else max(1, math.ceil(self.total_steps / AUTO_VALIDATIONS))
 
-    def _validate_if_due(self, callbacks: Sequence[Any]) -> tuple[bool, bool]:
-        """Validate every `eval_every` steps and at the last; returns (new best, patience ran out)."""
-        step, last = self.state.step, self.state.step >= self.total_steps
+    def _validate_if_due(self, callbacks: Sequence[Any], last: bool = False) -> tuple[bool, bool]:
+        """Validate every `eval_every` steps and at the last (or when `last` says the run ends here);
+        returns (new best, patience ran out)."""
+        step, last = self.state.step, last or self.state.step >= self.total_steps
         if not self.val_batches or not (step % self.eval_every == 0 or last):
             return False, False
         _, improved = self._validate(callbacks)

@@ -41,7 +41,7 @@ def _nudge(model):
 def test_saved_folder_loads_with_plain_peft(family, request, tmp_path):
     path = request.getfixturevalue(family)
     torch.manual_seed(0)
-    model = get_method("lora").apply(load_model(path), LoraOptions(r=4))
+    model = get_method("lora").apply(load_model(path), LoraOptions(layers="all", r=4))
     _nudge(model)
     get_method("lora").save(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -54,7 +54,7 @@ def test_saved_folder_loads_with_plain_peft(family, request, tmp_path):
 
 
 def test_deepseek_adapts_mla_dense_and_shared_experts_never_router_or_routed(tiny_deepseek_v3):
-    model = get_method("lora").apply(load_model(tiny_deepseek_v3), LoraOptions(r=4))
+    model = get_method("lora").apply(load_model(tiny_deepseek_v3), LoraOptions(layers="all", r=4))
     adapted = _adapted(model)
     # layer 0 is dense, layer 1 is MoE (conftest: first_k_dense_replace=1)
     expected = {f"model.layers.{i}.self_attn.{n}" for i in (0, 1) for n in MLA}
@@ -70,7 +70,7 @@ def test_deepseek_folder_needs_our_load_until_peft_fixes_3711(tiny_deepseek_v3, 
     """Canary: plain peft 0.21 re-targets down_proj & co. at the fused experts. If this starts passing
     through plain peft, peft has fixed issue #3711 and `v5_names_as_given` can go."""
     torch.manual_seed(0)
-    model = get_method("lora").apply(load_model(tiny_deepseek_v3), LoraOptions(r=4))
+    model = get_method("lora").apply(load_model(tiny_deepseek_v3), LoraOptions(layers="all", r=4, dropout=0.05))
     _nudge(model)
     get_method("lora").save(model, tmp_path)
     ids = torch.arange(3, 19).unsqueeze(0)
@@ -86,15 +86,15 @@ def test_explicit_targets_are_checked_against_the_model(tiny_llama):
     with pytest.raises(UserError) as err:
         resolve_targets(model, ["q_proj", "c_attn"])
     assert "['c_attn']" in str(err.value) and "q_proj" in str(err.value).split("fix:")[1]
-    adapted = _adapted(get_method("lora").apply(model, LoraOptions(r=2, target_modules=["v_proj"])))
+    adapted = _adapted(get_method("lora").apply(model, LoraOptions(layers="all", r=2, target_modules=["v_proj"])))
     assert adapted == {"model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj"}
 
 
 def test_rslora_scaling_and_dora_merge(tiny_llama):
-    rs = get_method("lora").apply(load_model(tiny_llama), LoraOptions(r=4, alpha=8, use_rslora=True))
+    rs = get_method("lora").apply(load_model(tiny_llama), LoraOptions(layers="all", r=4, alpha=8, use_rslora=True))
     assert rs.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"] == pytest.approx(8 / 2)
     torch.manual_seed(0)
-    dora = get_method("lora").apply(load_model(tiny_llama), LoraOptions(r=4, use_dora=True, dropout=0.0))
+    dora = get_method("lora").apply(load_model(tiny_llama), LoraOptions(layers="all", r=4, use_dora=True, dropout=0.0))
     assert any("lora_magnitude_vector" in n for n, _ in dora.named_parameters())
     _nudge(dora)
     ids = torch.arange(3, 19).unsqueeze(0)

@@ -40,7 +40,8 @@ _spec.loader.exec_module(worker)
 
 ACCUM, WORLD = 2, 2
 TRAIN = dict(max_steps=4, learning_rate=1e-2, batch_tokens=48, eval_every=2, save_every=2, threads=1,
-             warmup_ratio=0.0, early_stopping_patience=None, method={"method": "lora", "r": 4, "dropout": 0.0})
+             warmup_ratio=0.0, early_stopping_patience=None, method={"method": "lora", "r": 4, "dropout": 0.0,
+                                                                     "layers": "all"})
 NOISY = {**TRAIN, "grad_accum": ACCUM, "method": {**TRAIN["method"], "dropout": 0.2}}  # dropout draws numbers
 RUNS = {"run": {"train": {**TRAIN, "grad_accum": ACCUM}}, "straight": {"train": NOISY},
         # Ctrl-C on rank 1 in its 3rd training forward pass: the first micro-batch of step 2.

@@ -77,3 +77,32 @@ def _run(model_dir, run_dir, records, cache):
 def test_a_run_with_the_cache_trains_like_one_without(tiny_llama, records, tmp_path):
     cached, plain = _run(tiny_llama, tmp_path / "a", records, True), _run(tiny_llama, tmp_path / "b", records, False)
     assert cached.best_val_loss == pytest.approx(plain.best_val_loss, rel=1e-4)
+
+
+class _CrashAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, record: dict) -> None:
+        if record["step"] == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_with_the_cache_is_bit_identical(tiny_llama, records, tmp_path):
+    from safetensors.torch import load_file
+
+    def run(folder, **kwargs):
+        tokenizer = load_tokenizer(tiny_llama)
+        cfg = TrainConfig(max_steps=6, learning_rate=1e-2, batch_tokens=64, grad_accum=2, eval_every=3, save_every=2,
+                          threads=1, method=LoraOptions(r=4, dropout=0.1, layers="top:1"))
+        return run_training(load_model(tiny_llama), tokenizer, get_template("chatml"), get_method("lora"),
+                            cfg.method, records[0], records[1], cfg, folder, "train: {}\n", model_path=tiny_llama,
+                            progress=False, **kwargs)
+
+    run(tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "resumed", callbacks=[_CrashAt(5)])
+    run(tmp_path / "resumed", resume=True)
+    a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -31,7 +31,7 @@ from domaintune.train.summary import estimate_memory, file_sha256, flops_per_tok
 
 RECIPE = "train:\n  learning_rate: 0.01\n"
 OPTIONS = {
-    "lora": LoraOptions(r=4, dropout=0.0),
+    "lora": LoraOptions(layers="all", r=4, dropout=0.0),
     "prefix": PrefixOptions(num_virtual_tokens=4),
     "prompt": PromptOptions(num_virtual_tokens=4, init_text="The answer is"),
     "ia3": IA3Options(),
@@ -55,7 +55,7 @@ def records() -> tuple[list[dict], list[dict]]:
 
 def config(**overrides) -> TrainConfig:
     settings = dict(max_steps=6, learning_rate=1e-2, batch_tokens=128, eval_every=3, save_every=2, threads=1,
-                    warmup_ratio=0.0, method=LoraOptions(r=4, dropout=0.0), early_stopping_patience=None)
+                    warmup_ratio=0.0, method=LoraOptions(layers="all", r=4, dropout=0.0), early_stopping_patience=None)
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -155,7 +155,7 @@ def test_loop_accumulation_2x2_equals_1x4(tiny_llama, tmp_path, records):
 # ------------------------------------------------------------------------------------------ resume
 
 RESUME_CFG = dict(max_steps=6, grad_accum=2, batch_tokens=64, save_every=2, eval_every=2, keep_checkpoints=5,
-                  method=LoraOptions(r=4, dropout=0.1), neftune_alpha=5.0)  # dropout and noise draw random numbers
+                  method=LoraOptions(layers="all", r=4, dropout=0.1), neftune_alpha=5.0)  # dropout and noise draw random numbers
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +279,7 @@ def test_flops_per_token_follow_the_4n_and_6n_convention(tiny_llama):
     full = get_method("full").apply(load_model(tiny_llama), FullOptions())
     n = sum(p.numel() for p in full.parameters()) - full.get_input_embeddings().weight.numel()
     assert flops_per_token(full) == 6 * n
-    lora = get_method("lora").apply(load_model(tiny_llama), LoraOptions(r=4))
+    lora = get_method("lora").apply(load_model(tiny_llama), LoraOptions(layers="all", r=4))
     adapter = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert flops_per_token(lora) == 4 * (n + adapter) + 2 * adapter
 
