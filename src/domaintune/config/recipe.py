@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from domaintune.config.base import Section, deep_merge, format_errors, parse_overrides, read_yaml
 from domaintune.config.evaluate import CompareConfig, EvalConfig
@@ -18,10 +18,26 @@ from domaintune.config.train import TrainConfig
 from domaintune.errors import UserError
 
 
+EMBEDDED = "embedded"
+
+
 class ModelConfig(Section):
     name: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct), a local HF folder, or a .gguf file.")
-    template: str = Field("auto", description="Chat template: auto, chatml, deepseek_llm, deepseek_r1, deepseek_v3, tokenizer.")
+    template: str = Field("auto", description="Chat template: auto, chatml, deepseek_llm, deepseek_r1, deepseek_v3, "
+                                              "tokenizer. 'auto' is the tokenizer's own template, except for the "
+                                              "embedded model: plain ChatML, since SmolLM2's own writes a 20-token "
+                                              "default system prompt into every row.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the folder (off: safer).")
+
+
+    @model_validator(mode="after")
+    def _embedded_chatml(self) -> ModelConfig:
+        # SmolLM2's template is ChatML plus "You are a helpful AI assistant named SmolLM, ..." before
+        # every conversation without a system message: a third of a short row's tokens. The run
+        # records the resolved name, so eval, serve and export use ChatML too.
+        if self.template == "auto" and self.name == EMBEDDED:
+            self.template = "chatml"
+        return self
 
 
 class Recipe(Section):
