@@ -6,6 +6,8 @@ and one generation task), all in one run and side by side, with wall and CPU sec
 * majority answer, TF-IDF + logistic regression (C chosen on validation), nearest training answer;
 * the base model (embedded SmolLM2-135M-Instruct) zero-shot and 3-shot;
 * domaintune with default settings (`domaintune prepare`, `train`, `eval`: nothing set but paths);
+* domaintune + retrieval: the same, with `retrieval.kb: train` (each prompt shows its nearest
+  training pairs, leave-one-out while training), beside retrieval alone (the top entry's answer);
 * domaintune `tune` where the default does not beat TF-IDF + logistic regression ON VALIDATION
   (the test split is only ever scored, never used to choose).
 
@@ -137,10 +139,13 @@ def run_task(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
                                  "epochs": run.summary["epochs"], "stop_reason": run.stop_reason}
     per_example["default"] = scores(result, metric)
     row["default_val"] = _val_score(recipe, folder, run, metric)
+    _with_retrieval(recipe, folder, row, metric, extra, per_example)
     row["tfidf_val"] = _tfidf_val(train, val, closed) if labelled else None
     row["tune"] = _maybe_tune(recipe, folder, row, args, metric, per_example)
     row["p_values"] = {f"default_vs_{other}": paired_p(per_example["default"], per_example[other], labelled)
                        for other in ("base_3shot", "base_0shot", "tfidf_lr", "nearest") if other in per_example}
+    row["p_values"].update({f"retrieval_vs_{other}": paired_p(per_example["retrieval"], per_example[other], labelled)
+                            for other in ("tfidf_lr", "nearest", "default") if other in per_example})
     return row
 
 
@@ -152,6 +157,23 @@ def _extra(result: dict[str, Any], test: Any, extra: str) -> float | None:
     from domaintune.eval import metrics as m
 
     return m.rouge(result["predictions"], [final_answer(r) for r in test])[extra].value
+
+
+def _with_retrieval(recipe: Any, folder: Path, row: dict[str, Any], metric: str, extra: str,
+                    per_example: dict[str, list[float]]) -> None:
+    """domaintune + retrieval (`retrieval.kb: train`), and retrieval alone (the top entry's answer)."""
+    augmented = apply_overrides(recipe, ["retrieval.kb=train", f"train.output_dir={folder / 'retrieval'}"])
+    with Clock() as clock:
+        run = api.train(augmented, force=True, progress=False)
+    result, took = evaluate(augmented, folder, "retrieval-test", adapter=str(run.run_dir))
+    report = result.report["retrieval"]
+    row["systems"]["retrieval"] = {"score": result.report["metrics"][metric],
+                                   "extra": result.report["metrics"].get(extra),
+                                   "train_wall_s": round(clock.wall, 1), "train_cpu_s": round(clock.cpu, 1),
+                                   "eval": took, "steps": run.steps, "epochs": run.summary["epochs"]}
+    row["systems"]["retrieval_top1"] = {"score": report["top1"]["score"]}
+    row["retrieval"] = {"recall_at_k": report["recall_at_k"], "by_hit": report["by_hit"], "k": report["k"]}
+    per_example["retrieval"] = scores(result, metric)
 
 
 def _val_score(recipe: Any, folder: Path, run: Any, metric: str) -> float:
@@ -223,14 +245,14 @@ def main() -> None:
 
 
 SYSTEMS = [("majority", "majority"), ("tfidf_lr", "TF-IDF + LR"), ("nearest", "nearest answer"),
-           ("base_0shot", "base 0-shot"), ("base_3shot", "base 3-shot"), ("default", "domaintune default"),
-           ("tune", "domaintune tune")]
+           ("retrieval_top1", "BM25 top-1 answer"), ("base_0shot", "base 0-shot"), ("base_3shot", "base 3-shot"),
+           ("default", "domaintune default"), ("tune", "domaintune tune"), ("retrieval", "domaintune + retrieval")]
 
 
 def render_table(results: dict[str, Any]) -> str:
     """The markdown table of docs/quality.md: one row per task, one column per system, test scores."""
     head = "| task | domain | metric | train/val/test | " + " | ".join(n for _, n in SYSTEMS) + \
-        " | default vs 3-shot | default vs TF-IDF+LR | default train |"
+        " | default vs 3-shot | default vs TF-IDF+LR | +retrieval vs TF-IDF+LR | default train | +retrieval train |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in results["tasks"]:
         systems = row["systems"]
@@ -239,8 +261,9 @@ def render_table(results: dict[str, Any]) -> str:
         d = systems["default"]
         lines.append(f"| {row['task']} | {row['domain']} | {row['metric']} | {row['train']}/{row['val']}/{row['test']} | "
                      + " | ".join(cells) + f" | p {_p(p.get('default_vs_base_3shot'))} | "
-                     f"p {_p(p.get('default_vs_tfidf_lr'))} | {d['train_wall_s'] / 60:.1f} min, "
-                     f"{d['epochs']:.1f} epochs |")
+                     f"p {_p(p.get('default_vs_tfidf_lr'))} | p {_p(p.get('retrieval_vs_tfidf_lr'))} | "
+                     f"{d['train_wall_s'] / 60:.1f} min, {d['epochs']:.1f} epochs | "
+                     f"{systems['retrieval']['train_wall_s'] / 60:.1f} min |")
     return "\n".join(lines)
 
 

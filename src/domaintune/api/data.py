@@ -123,7 +123,21 @@ def inspect(recipe: Recipe, path: str, show: int = 3):
     tokenizer = load_tokenizer(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     template = get_template(recipe.model.template, tokenizer)
     return inspect_records(path, tokenizer, template, recipe.train.max_len, show,
-                           train_on_prompt=recipe.train.train_on_prompt)
+                           train_on_prompt=recipe.train.train_on_prompt,
+                           transform=_retrieval_view(recipe, path, tokenizer))
+
+
+def _retrieval_view(recipe: Recipe, path: str, tokenizer: Any):
+    """With `retrieval.kb`, show records as training sees them: their neighbours in the prompt."""
+    if not recipe.retrieval.kb:
+        return None
+    from domaintune.api.retrieval import augment, training_kb
+    from domaintune.train.data import load_split
+
+    folder = Path(path).parent
+    kb = training_kb(recipe, load_split(folder / "train.jsonl"), folder, save=False)
+    cfg = recipe.retrieval
+    return lambda records: augment(records, kb, tokenizer, cfg.k, cfg.max_tokens, leave_one_out=True)
 
 
 def agree(path: str, threshold: float = 0.6):

@@ -61,18 +61,21 @@ def demo(output_dir: str = "demo_out", *, quick: bool = False, overrides: list[s
     prepared = prepare(recipe, progress=progress)
     evals = {}
     base = load_for_eval(recipe)
+    # The base model is prompted as it is: no knowledge base (the tuned run reads the one it was
+    # trained with, so the comparison shows what training with retrieval adds to plain prompting).
+    plain = recipe.model_copy(update={"retrieval": recipe.retrieval.model_copy(update={"kb": None})})
     say("evaluate the base model, zero-shot")
-    evals["base"] = evaluate(recipe, output_dir=str(out / "eval" / "base"), loaded=base, progress=progress)
+    evals["base"] = evaluate(plain, output_dir=str(out / "eval" / "base"), loaded=base, progress=progress)
     shots = recipe.eval.few_shot or 3
     say(f"evaluate the base model, {shots}-shot")
-    # Latency and perplexity (which reads each record without examples) are the model's, measured
-    # in the zero-shot pass; the few-shot pass only adds answers.
-    few = recipe.model_copy(update={"eval": recipe.eval.model_copy(
-        update={"few_shot": shots, "latency_prompts": 0, "perplexity": False})})
+    # Latency, perplexity (read without examples) and the classic baselines are measured in the
+    # zero-shot pass; the few-shot pass only adds answers.
+    few = plain.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"few_shot": shots, "latency_prompts": 0, "perplexity": False, "baselines": False})})
     evals[f"base-{shots}shot"] = evaluate(few, output_dir=str(out / "eval" / f"base-{shots}shot"), loaded=base,
                                          progress=progress)
     del base
-    say("LoRA-train on the training split")
+    say("LoRA-train on the training split, each prompt with its nearest training cases")
     run = train(recipe, force=True, progress=progress)
     say("evaluate the tuned model")
     evals["tuned"] = evaluate(recipe, adapter=str(run.run_dir), output_dir=str(out / "eval" / "tuned"),

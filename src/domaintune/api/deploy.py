@@ -47,7 +47,8 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
         api_key: required bearer key (default: $DOMAINTUNE_API_KEY; none: open).
         threads: CPU threads for generation.
         trust_remote_code: run model code shipped with the folder.
-        **options: `serve.options.ServeOptions` fields (max_batch_size, batch_window_ms, max_queue, ...).
+        **options: `serve.options.ServeOptions` fields (max_batch_size, batch_window_ms, max_queue,
+            closed_set, ...), and `kb_changed_ok` (serve adapters whose knowledge base changed).
     """
     import torch
 
@@ -55,7 +56,9 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
 
     if threads:
         torch.set_num_threads(threads)
-    served = load_served(model, dict(adapters or {}), template=template, trust_remote_code=trust_remote_code)
+    kb_changed_ok = bool(options.pop("kb_changed_ok", False))
+    served = load_served(model, dict(adapters or {}), template=template, trust_remote_code=trust_remote_code,
+                         kb_changed_ok=kb_changed_ok)
     app = build_app(served, ServeOptions(api_key=resolve_api_key(api_key), **options))
     run_server(app, host=host, port=port)
 

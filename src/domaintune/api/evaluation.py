@@ -79,8 +79,10 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
         >>> result.report["metrics"]["accuracy"]                                      # doctest: +SKIP
         71.4
     """
+    from domaintune.api.retrieval import augment
     from domaintune.eval.evaluate import EvalSettings, write_eval
     from domaintune.eval.evaluate import evaluate as run_eval
+    from domaintune.eval.retrieval import retrieval_report
     from domaintune.train.data import load_split
 
     cfg = recipe.eval
@@ -95,15 +97,51 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
                             json_fields=cfg.json_fields, perplexity=cfg.perplexity, max_len=cfg.max_len,
                             latency_prompts=cfg.latency_prompts, latency_tokens=cfg.latency_tokens,
                             choices=_choices(cfg, loaded, pool))
+    kb, k = _eval_kb(recipe, loaded, pool)
+    raw = records
+    if kb is not None:  # the prompts training built: the same entries, the same rendering
+        records = augment(records, kb, loaded.tokenizer, k, _budget(recipe, loaded))
     describe = {**loaded.describe, "data": str(data.path), "data_sha256": data.sha256}
     result = run_eval(loaded.model, loaded.tokenizer, loaded.template, records, settings,
                       pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,
                       training_texts=_answers(pool) if cfg.leak_check and pool else None, step=step,
                       progress=progress)
     if cfg.baselines and pool and records:
-        result.report["baselines"] = _baselines(result, pool, data.path.parent, records, settings.choices)
+        result.report["baselines"] = _baselines(result, pool, data.path.parent, raw, settings.choices)
+    if kb is not None:
+        metric = "accuracy" if settings.choices else "chrf"
+        scores = [row["scores"]["exact_match" if settings.choices else "chrf"] for row in result.predictions]
+        result.report["retrieval"] = retrieval_report(records, kb, scores, metric=metric, k=k)
     paths = write_eval(result, Path(output_dir or cfg.output_dir), loss_curve=loaded.loss_curve)
     return result, paths
+
+
+def _eval_kb(recipe: Recipe, loaded: Loaded, pool: Any) -> tuple[Any, int]:
+    """The knowledge base to evaluate with: the run's (checked against its hash), or for a base
+    model the recipe's (`retrieval.kb: train` builds it from the few-shot pool), else None."""
+    from domaintune.api.retrieval import run_kb
+    from domaintune.config.retrieval import TRAIN_KB
+
+    record = loaded.artifact.retrieval if loaded.artifact is not None else None
+    if record is not None:
+        return run_kb(record), int(record["k"])
+    spec = recipe.retrieval.kb
+    if loaded.artifact is not None or not spec:
+        return None, 0
+    if spec == TRAIN_KB:
+        if not pool:
+            return None, 0
+        from domaintune.data.kb import KnowledgeBase, entries_from_records
+
+        return KnowledgeBase.build(entries_from_records(pool)), recipe.retrieval.k
+    from domaintune.data.kb import KnowledgeBase
+
+    return KnowledgeBase.load(Path(resolve_path(spec))), recipe.retrieval.k
+
+
+def _budget(recipe: Recipe, loaded: Loaded) -> int:
+    record = loaded.artifact.retrieval if loaded.artifact is not None else None
+    return int(record["max_tokens"]) if record is not None else recipe.retrieval.max_tokens
 
 
 def _baselines(result: Any, pool: Any, folder: Path, records: list, choices: Any) -> dict[str, Any]:

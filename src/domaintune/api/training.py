@@ -59,14 +59,22 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
     from domaintune.models.templates import get_template
     from domaintune.train.loop import run_training
 
+    from domaintune.api.retrieval import augment, retrieval_record, training_kb
     from domaintune.data.answers import closed_answer_set
-    from domaintune.methods.artifact import write_labels
+    from domaintune.methods.artifact import write_labels, write_retrieval
 
-    model_cfg = recipe.model
+    model_cfg, main = recipe.model, _is_main_process()
     answers = closed_answer_set(train_split)
-    if _is_main_process():  # eval, serve and export decode inside the set the training data forms
+    if main:  # eval, serve and export decode inside the set the training data forms
         write_labels(run_dir, answers)
     tokenizer = load_tokenizer(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    kb = training_kb(recipe, train_split, run_dir, save=main)
+    if main:
+        write_retrieval(run_dir, retrieval_record(kb, recipe) if kb is not None else None)
+    if kb is not None:  # neighbours in every prompt; never a training example's own entry
+        k, budget = recipe.retrieval.k, recipe.retrieval.max_tokens
+        train_split = augment(train_split, kb, tokenizer, k, budget, leave_one_out=True)
+        val_split = augment(val_split, kb, tokenizer, k, budget)
     model = load_model(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
     template = get_template(model_cfg.template, tokenizer)
     select_by = resolve_select_by(cfg.select_by, answers is not None) if val_split else LOSS

@@ -73,6 +73,8 @@ _COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("validate", "Check a recipe file: every error at once, with file and line.", data.build_validate,
      data.run_validate),
     ("recipe", "List or copy the recipes shipped with this version.", data.build_recipe, data.run_recipe),
+    ("kb", "Build or search a knowledge base (training pairs, tables, documents) for retrieval.", data.build_kb,
+     data.run_kb),
     ("demo", "The whole loop on the embedded model and the bundled medical-coding data.", evaluation.build_demo,
      evaluation.run_demo),
 ]

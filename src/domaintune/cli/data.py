@@ -148,6 +148,34 @@ def run_validate(a: argparse.Namespace) -> int:
     return 0
 
 
+def build_kb(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("examples:\n  domaintune kb build prepared/ -o kb/                 # the training pairs\n"
+                "  domaintune kb build prepared/ codes.csv guide.md -o kb/  # plus a code list and a document\n"
+                "  domaintune kb search kb/ \"chest pain after exercise\" -k 3")
+    p.add_argument("action", choices=["build", "search"])
+    p.add_argument("args", nargs="*", metavar="ARG",
+                   help="build: SOURCES (prepared folder, .jsonl, .csv/.tsv, .txt/.md); search: KB QUERY")
+    p.add_argument("-o", "--output-dir", help="the knowledge-base folder to write (build)")
+    p.add_argument("-k", type=int, default=5, help="entries to show (search; default 5)")
+
+
+def run_kb(a: argparse.Namespace) -> int:
+    from domaintune import api
+
+    if a.action == "build":
+        if not a.output_dir:
+            raise UserError("kb build needs -o KB_FOLDER", hint="e.g. domaintune kb build prepared/ -o kb/")
+        kb = api.kb_build(a.args, a.output_dir)
+        print(f"{len(kb):,} entries from {len(a.args)} source(s) -> {kb.folder}  (sha256 {kb.sha256[:12]})")
+        return 0
+    if len(a.args) != 2:
+        raise UserError("kb search needs KB_FOLDER and QUERY", hint='e.g. domaintune kb search kb/ "chest pain"')
+    for hit in api.kb_search(a.args[0], a.args[1], a.k):
+        answer = f"  ->  {hit.entry.answer}" if hit.entry.answer else ""
+        print(f"{hit.score:7.2f}  [{hit.entry.id}] {' '.join(hit.entry.text.split())[:100]}{answer}")
+    return 0
+
+
 def build_recipe(p: argparse.ArgumentParser) -> None:
     p.epilog = "examples:\n  domaintune recipe ls\n  domaintune recipe cp cpu_demo my_recipe.yaml"
     p.add_argument("action", choices=["ls", "cp"])

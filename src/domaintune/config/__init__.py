@@ -20,6 +20,7 @@ from domaintune.config.methods import (METHOD_NAMES, AdapterOptions, DistillOpti
                                        QLoraOptions)
 from domaintune.config.prepare import (ChunkConfig, CleanConfig, DedupConfig, InputSpec, MixConfig, PiiConfig,
                                        PrepareConfig, RegexRule, SplitConfig)
+from domaintune.config.retrieval import RetrievalConfig
 from domaintune.config.recipe import ModelConfig, Recipe, apply_overrides, load_recipe
 from domaintune.config.train import (CurriculumConfig, EwcConfig, LayerGroupConfig, ReplayConfig, StageConfig,
                                      TrainConfig)
@@ -28,6 +29,6 @@ __all__ = [
     "METHOD_NAMES", "AdapterOptions", "ChunkConfig", "CleanConfig", "CompareConfig", "EvalConfig", "CurriculumConfig", "DedupConfig",
     "DistillOptions", "EwcConfig", "FreezeOptions", "FullOptions", "IA3Options", "InputSpec", "LayerGroupConfig",
     "LoraOptions", "MethodConfig", "MixConfig", "ModelConfig", "PiiConfig", "PrefixOptions", "PrepareConfig",
-    "PromptOptions", "QLoraOptions", "Recipe", "RegexRule", "ReplayConfig", "Section", "SplitConfig",
+    "PromptOptions", "QLoraOptions", "Recipe", "RegexRule", "ReplayConfig", "RetrievalConfig", "Section", "SplitConfig",
     "StageConfig", "TrainConfig", "apply_overrides", "field_help", "load_recipe",
 ]

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 from domaintune.config.base import Section, deep_merge, format_errors, parse_overrides, read_yaml
 from domaintune.config.evaluate import CompareConfig, EvalConfig
 from domaintune.config.prepare import PrepareConfig
+from domaintune.config.retrieval import RetrievalConfig
 from domaintune.config.train import TrainConfig
 from domaintune.errors import UserError
 
@@ -46,6 +47,7 @@ class Recipe(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
 

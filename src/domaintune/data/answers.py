@@ -30,6 +30,13 @@ def final_answer(record: Mapping[str, Any]) -> str | None:
     return str(answers[-1]) if answers else None
 
 
+def prompt_text(record: Mapping[str, Any]) -> str:
+    """The text before the final answer (system and user turns, joined by newlines)."""
+    messages = list(record.get("messages") or ())
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+    return "\n".join(str(m.get("content", "")) for m in messages[:last])
+
+
 def closed_answer_set(records: Iterable[Mapping[str, Any]]) -> list[str] | None:
     """The sorted distinct final answers when they form a closed set, else None (see the module doc)."""
     answers = [a for a in (final_answer(r) for r in records) if a is not None]

@@ -23,16 +23,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from domaintune.data.answers import final_answer
+from domaintune.data.answers import final_answer, prompt_text
 
 C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
-
-
-def prompt_text(record: Mapping[str, Any]) -> str:
-    """The text before the final answer (system and user turns, joined by newlines)."""
-    messages = list(record.get("messages") or ())
-    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
-    return "\n".join(str(m.get("content", "")) for m in messages[:last])
 
 
 def classic_baselines(train: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]], *,

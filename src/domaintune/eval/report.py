@@ -78,6 +78,7 @@ def render_eval_report(report: Mapping[str, Any], predictions: Sequence[Mapping[
         _labels_section(report.get("labels")),
         _calibration_section(report.get("calibration")),
         _baselines_section(report.get("baselines")),
+        _retrieval_section(report.get("retrieval")),
         _latency_section(report.get("latency")),
         _forgetting_section(report.get("forgetting")),
         _leak_section(report.get("leak")),
@@ -237,6 +238,22 @@ def _baselines_section(baselines: Mapping[str, Any] | None) -> str:
     return ("<h2>Classic baselines (fitted on the training split)</h2>" + note
             + "<table><tr><th>baseline</th><th>metric</th><th>baseline</th><th>model</th><th>model - baseline</th>"
             + f"<th>p</th></tr>{rows}</table>")
+
+
+def _retrieval_section(retrieval: Mapping[str, Any] | None) -> str:
+    if not retrieval:
+        return ""
+    by_hit, top1 = retrieval.get("by_hit") or {}, retrieval.get("top1") or {}
+    rows = [(f"recall@{retrieval.get('k')} (the reference answer among the retrieved entries)",
+             retrieval.get("recall_at_k")),
+            (f"model {top1.get('metric')} when retrieval found it ({by_hit.get('hit', {}).get('n')} rows)",
+             by_hit.get("hit", {}).get("score")),
+            (f"model {top1.get('metric')} when it did not ({by_hit.get('miss', {}).get('n')} rows)",
+             by_hit.get("miss", {}).get("score")),
+            ("retrieval alone: the top entry's answer", top1.get("score")), ("the model", top1.get("model")),
+            ("p (model vs retrieval alone)", fmt_p(top1.get("p_value"))),
+            ("knowledge base", f"{retrieval.get('entries')} entries, sha256 {str(retrieval.get('kb_sha256'))[:12]}")]
+    return "<h2>Retrieval</h2>" + box(kv_table(rows))
 
 
 def _latency_section(latency: Mapping[str, Any] | None) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from domaintune.errors import UserError
 from domaintune.export import parity, source
+from domaintune.export.extras import copy_run_extras
 from domaintune.export.table import REPORT_JSON, ExportReport, VariantRow
 
 FORMATS = ("hf", "adapter", "gguf", "int8")
@@ -123,6 +124,7 @@ def run_export(run_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike
     del tuned
     gc.collect()
     exported = _WRITERS[fmt](ctx, merged)
+    copy_run_extras(run.run_dir, ctx.out)
     size = _folder_bytes(ctx.out)
     return _report(ctx, fmt, cases, exported, size)
 

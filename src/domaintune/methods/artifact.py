@@ -23,6 +23,7 @@ from domaintune.methods.base import check_base, get_method, read_method_file
 
 RECIPE_FILE = "recipe.resolved.yaml"  # written by train/loop.py next to adapter/ or model/
 LABELS_FILE = "labels.json"  # the run's closed answer set (data.answers), beside adapter/ or model/
+RETRIEVAL_FILE = "retrieval.json"  # the knowledge base a run read (path, sha256, k, budget, rendering)
 KINDS = ("adapter", "model")
 
 
@@ -59,19 +60,73 @@ class Artifact:
                 return read_labels(folder)
         return None
 
+    @property
+    def retrieval(self) -> dict[str, Any] | None:
+        """The retrieval a run trained with (`write_retrieval`), or None."""
+        for folder in (self.folder, self.run_dir, self.folder.parent):
+            if folder is not None and (folder / RETRIEVAL_FILE).is_file():
+                record = _read_json(folder / RETRIEVAL_FILE)
+                if record.get("kb") and not Path(record["kb"]).is_absolute():  # an export's kb/ beside it
+                    record["kb"] = str(folder / record["kb"])
+                return record
+        return None
 
-def write_labels(folder: Path, answers: list[str] | None) -> None:
-    """Record a run's closed answer set (None removes a stale one)."""
+
+def open_knowledge_base(record: dict[str, Any], kb_path: str | Path | None = None,
+                        allow_changed: bool = False) -> Any:
+    """The knowledge base a run trained with (`record` from `Artifact.retrieval`), or the one at
+    `kb_path`, checked to be the same: same content hash, same rendering of the context.
+
+    Raises:
+        UserError: a missing base, one whose hash differs from the run's (unless `allow_changed`),
+            or a run that used another rendering of the context.
+    """
+    from domaintune.data.kb import KnowledgeBase
+    from domaintune.models.context import RENDERING
+
+    if record.get("rendering") != RENDERING:
+        raise UserError(f"the run put retrieved entries into prompts as {record.get('rendering')!r}; this version "
+                        f"writes {RENDERING!r}", hint="train the run again with this version")
+    path = kb_path or record.get("kb")
+    if not path:
+        raise UserError("the run does not say where its knowledge base is", hint="pass --kb KB_FOLDER")
+    kb = KnowledgeBase.load(Path(path))
+    if kb.sha256 != record.get("sha256") and not allow_changed:
+        raise UserError(f"the knowledge base changed since training (sha256 {kb.sha256[:12]}, the run read "
+                        f"{str(record.get('sha256'))[:12]})", file=str(path),
+                        hint="use the base the run was trained with, or pass --kb-changed-ok to use it anyway")
+    return kb
+
+
+def write_retrieval(folder: Path, record: dict[str, Any] | None) -> None:
+    """Record the knowledge base a run reads (None removes a stale record)."""
+    _write_json(Path(folder) / RETRIEVAL_FILE, record)
+
+
+def _write_json(path: Path, value: Any) -> None:
     import json
 
-    path = Path(folder) / LABELS_FILE
-    if answers is None:
+    if value is None:
         path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"answers": answers}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path.name} ({exc})", file=str(path), hint="train the run again") from None
+
+
+def write_labels(folder: Path, answers: list[str] | None) -> None:
+    """Record a run's closed answer set (None removes a stale one)."""
+    _write_json(Path(folder) / LABELS_FILE, None if answers is None else {"answers": answers})
 
 
 def read_labels(folder: Path) -> list[str]:
@@ -80,12 +135,10 @@ def read_labels(folder: Path) -> list[str]:
     Raises:
         UserError: the file is not a list of answers.
     """
-    import json
-
     path = Path(folder) / LABELS_FILE
     try:
-        answers = json.loads(path.read_text(encoding="utf-8"))["answers"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        answers = _read_json(path)["answers"]
+    except (KeyError, TypeError) as exc:
         raise UserError(f"cannot read the run's answer set ({exc})", file=str(path),
                         hint="train again, or delete the file to decode freely") from None
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):

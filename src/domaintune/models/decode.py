@@ -343,9 +343,10 @@ def _stream_uncached(model: Any, prompts: Sequence[Sequence[int]], params: Seque
             x = torch.tensor([ids], dtype=torch.long, device=device)
             logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits
             token = sampler.pick(logits[0, -1])
+            done = sampler.finished(token)
+            if done and confidences is not None and sampler.cursor is not None:
+                confidences[row] = sampler.confidence
             yield [(row, token)]
             ids.append(token)
-            if sampler.finished(token):
+            if done:
                 break
-        if confidences is not None and sampler.confidence is not None:
-            confidences[row] = sampler.confidence

@@ -52,8 +52,8 @@ class RunningBatch:
     Args:
         model: a causal LM or a peft model around one (not prompt/prefix tuning), in eval mode.
         pad_id: the id written into left padding.
-        confidences: filled with `key -> probability of its answer` as each row decoded with
-            `SamplingParams.choices` leaves the batch.
+        confidences: filled with `key -> probability of its answer` when a row decoded with
+            `SamplingParams.choices` completes its answer (by the `pick` that returns its last token).
     """
 
     def __init__(self, model: Any, pad_id: int, confidences: dict[Hashable, float] | None = None) -> None:
@@ -108,6 +108,10 @@ class RunningBatch:
     def pick(self) -> list[tuple[Hashable, int]]:
         """Every running row's next token, as `(key, token)`; call `advance` before picking again."""
         self._picked = pick_all(self._samplers, self._logits)
+        if self.confidences is not None:  # known as soon as an answer of a closed set is complete
+            for key, sampler, token in zip(self.keys, self._samplers, self._picked):
+                if sampler.cursor is not None and sampler.finished(token):
+                    self.confidences[key] = sampler.confidence
         return list(zip(self.keys, self._picked))
 
     @torch.inference_mode()
@@ -125,8 +129,6 @@ class RunningBatch:
             sampler = self._samplers[i]
             if not (sampler.finished(token) or self._counts[i] >= self._params[i].max_new_tokens or stop(key)):
                 keep.append(i)
-            elif self.confidences is not None and sampler.confidence is not None:
-                self.confidences[key] = sampler.confidence
         self._select(keep)
         if keep:
             step_ids = torch.tensor([tokens[i] for i in keep], dtype=torch.long, device=self.device)[:, None]

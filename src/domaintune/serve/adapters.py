@@ -34,6 +34,7 @@ from domaintune.methods.base import METHOD_FILE, get_method, read_method_file
 from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import ChatTemplate, get_template
 from domaintune.serve.codec import Codec
+from domaintune.serve.knowledge import ChoiceTries, Knowledge, run_extras
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 PEFT_CONFIG = "adapter_config.json"
@@ -47,11 +48,15 @@ class Route:
         model: the model object (the shared LoRA model, the base, or an adapter's own copy).
         adapter: the peft adapter to `set_adapter` inside a shared model, or None.
         disable: run the shared model with its adapters disabled (the base, once LoRA is stacked).
+        labels: the closed answer set the adapter's run recorded (`serve.knowledge`), or None.
+        knowledge: the knowledge base its run trained with, or None.
     """
 
     model: Any = field(repr=False)
     adapter: str | None = None
     disable: bool = False
+    labels: tuple[str, ...] | None = None
+    knowledge: Knowledge | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -78,6 +83,11 @@ class ServedModels:
     routes: dict[str, Route] = field(default_factory=dict, repr=False)
     default_temperature: float = 1.0
     default_top_p: float = 1.0
+    tries: ChoiceTries | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tries is None:
+            self.tries = ChoiceTries(self.template, self.tokenizer)
 
     @property
     def names(self) -> list[str]:
@@ -115,7 +125,8 @@ def check_name(name: str) -> str:
 
 def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | None = None, *,
                 template: str = "auto", base_name: str | None = None, max_context: int | None = None,
-                dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> ServedModels:
+                dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                kb_changed_ok: bool = False) -> ServedModels:
     """Load a base model and its adapters for serving.
 
     Args:
@@ -128,6 +139,7 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
             `max_position_embeddings`).
         dtype: parameter dtype.
         trust_remote_code: allow model folders' own code to run.
+        kb_changed_ok: serve an adapter whose knowledge base changed since its training.
 
     Returns:
         The `ServedModels`, every model in eval mode.
@@ -155,11 +167,12 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     routes: dict[str, Route] = {}
     for name, path in adapters.items():
         folder = artifact_folder(path)
+        labels, knowledge = run_extras(folder, kb_changed_ok)
         if is_lora(folder):
             shared = _stack_lora(shared, folder, name)
-            routes[name] = Route(shared, adapter=name)
+            routes[name] = Route(shared, adapter=name, labels=labels, knowledge=knowledge)
         else:
-            routes[name] = Route(_own_copy(fresh_base(), folder, name))
+            routes[name] = Route(_own_copy(fresh_base(), folder, name), labels=labels, knowledge=knowledge)
     # Once LoRA is stacked, the base is the shared peft model with its adapters disabled.
     base = Route(shared, disable=hasattr(shared, "peft_config"))
     return ServedModels(base_name, tokenizer, tpl, Codec(tokenizer, tpl), context, {base_name: base, **routes},

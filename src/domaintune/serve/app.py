@@ -150,7 +150,7 @@ class Service:
             run.cancel()
         self._done(endpoint, plan.arrived, plan, run, 200, None, key)
         body = envelope(plan.rid, _object(plan), plan.model, _choices(plan, run),
-                        usage=usage(plan.prompt_tokens, run.completion_tokens))
+                        usage=usage(plan.prompt_tokens, run.completion_tokens), **_retrieved(plan))
         return JSONResponse(body, headers={"X-Request-Id": plan.rid})
 
     async def _sse(self, endpoint: str, plan: Plan, run: Run, key: Any) -> AsyncIterator[str]:
@@ -160,7 +160,8 @@ class Service:
                 for row in range(len(plan.prompts)):
                     yield _event(_chunk(plan, chat_delta(row, {"role": "assistant", "content": ""})))
             async for row, text, reason in run.deltas():
-                yield _event(_chunk(plan, _stream_choice(plan, row, text, reason)))
+                confidence = run.confidences[row] if reason else None
+                yield _event(_chunk(plan, _stream_choice(plan, row, text, reason, confidence)))
             if plan.include_usage:
                 yield _event(envelope(plan.rid, _object(plan, chunk=True), plan.model, [],
                                       usage=usage(plan.prompt_tokens, run.completion_tokens)))
@@ -211,18 +212,24 @@ def _object(plan: Plan, chunk: bool = False) -> str:
 
 
 def _choices(plan: Plan, run: Run) -> list[dict[str, Any]]:
-    make = chat_choice if plan.endpoint == "chat.completions" else text_choice
-    return [make(row, run.texts[row], run.reasons[row]) for row in range(len(plan.prompts))]
+    if plan.endpoint != "chat.completions":
+        return [text_choice(row, run.texts[row], run.reasons[row]) for row in range(len(plan.prompts))]
+    return [chat_choice(row, run.texts[row], run.reasons[row], run.confidences[row]) for row in range(len(plan.prompts))]
 
 
-def _stream_choice(plan: Plan, row: int, text: str, reason: str | None) -> dict[str, Any]:
+def _stream_choice(plan: Plan, row: int, text: str, reason: str | None, confidence: float | None) -> dict[str, Any]:
     if plan.endpoint == "chat.completions":
-        return chat_delta(row, {"content": text} if text else {}, reason)
+        return chat_delta(row, {"content": text} if text else {}, reason, confidence)
     return text_choice(row, text, reason)
 
 
+def _retrieved(plan: Plan) -> dict[str, Any]:
+    """The extra response field naming the knowledge-base entries the prompt showed."""
+    return {"retrieved": plan.retrieved} if plan.retrieved is not None else {}
+
+
 def _chunk(plan: Plan, choice: dict[str, Any]) -> dict[str, Any]:
-    return envelope(plan.rid, _object(plan, chunk=True), plan.model, [choice])
+    return envelope(plan.rid, _object(plan, chunk=True), plan.model, [choice], **_retrieved(plan))
 
 
 def _event(data: dict[str, Any]) -> str:

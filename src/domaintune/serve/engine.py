@@ -52,10 +52,12 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Finished:
-    """One row of a job is done: reason "stop", "length", "cancelled" or "deadline"."""
+    """One row of a job is done: reason "stop", "length", "cancelled" or "deadline"; `confidence` is
+    its answer's probability when it was decoded inside a closed answer set."""
 
     row: int
     reason: str
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -245,8 +247,10 @@ class Engine:
                 else:
                     if self.metrics is not None:
                         self.metrics.observe_batch(len(batch.rows))
+                    closed = any(p.choices is not None for p in batch.params)  # confidences: closed sets only
+                    extra = {"confidences": batch.confidences} if closed else {}
                     for step in self.decode(model, batch.prompts, batch.params, self.pad_id,
-                                            should_stop=batch.should_stop):
+                                            should_stop=batch.should_stop, **extra):
                         batch.deliver(step)
         except Exception as err:  # noqa: BLE001 - one bad batch must not kill the server
             log.exception("generation failed for a batch of %d rows", len(batch.rows))
@@ -257,7 +261,7 @@ class Engine:
             self.metrics.add_tokens(jobs[0].route, batch.generated, time.perf_counter() - start)
 
     def _run_continuous(self, model: Any, batch: _Batch, route: str) -> None:
-        running = RunningBatch(model, self.pad_id)
+        running = RunningBatch(model, self.pad_id, confidences=batch.confidences)
         self._admit(running, batch, range(len(batch.rows)))
         while running:
             batch.deliver(running.pick())
@@ -304,6 +308,7 @@ class _Batch:
         self.params: list[SamplingParams] = []
         self.counts: list[int] = []
         self.done: list[bool] = []
+        self.confidences: dict[int, float] = {}  # row -> answer probability, for closed-set rows
         self.generated = 0
         self.extend(jobs)
 
@@ -355,7 +360,7 @@ class _Batch:
         if not self.done[k]:
             self.done[k] = True
             job, i = self.rows[k]
-            tell(job, Finished(i, reason))
+            tell(job, Finished(i, reason, self.confidences.get(k)))
 
 
 def tell(job: Job, event: Event) -> None:

@@ -55,10 +55,12 @@ class Plan:
     stream: bool
     include_usage: bool
     arrived: float = field(default_factory=time.monotonic)
+    retrieved: list[int] | None = None  # the knowledge-base entries the prompt showed
 
     def cache_key(self) -> Hashable | None:
-        """The response-cache key, or None for a request that is not deterministic."""
-        if any(p.temperature > 0 for p in self.params):
+        """The response-cache key, or None for a request that is not deterministic (or decodes
+        inside a closed set: its answer carries a confidence the cache does not keep)."""
+        if any(p.temperature > 0 or p.choices is not None for p in self.params):
             return None
         return (self.endpoint, self.model, tuple(tuple(p) for p in self.prompts),
                 tuple(p.max_new_tokens for p in self.params), self.stops)
@@ -72,22 +74,40 @@ def plan_chat(req: ChatRequest, served: ServedModels, options: ServeOptions) -> 
             or `max_tokens` beyond the context or the limits, `n` too large.
     """
     _check_model(req.model, served)
+    route = served.routes[req.model]
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    for i, message in enumerate(messages):
-        forged = next((t for t in served.template.control_tokens if t in message["content"]), None)
+    texts = [(f"messages.{i}.content", m["content"]) for i, m in enumerate(messages)]
+    for param, text in texts + [(f"guided_choice.{i}", c) for i, c in enumerate(req.guided_choice or ())]:
+        forged = next((t for t in served.template.control_tokens if t in text), None)
         if forged:
-            raise ApiError(400, f"messages.{i}.content contains the control token {forged!r}",
-                           param=f"messages.{i}.content")
+            raise ApiError(400, f"{param} contains the control token {forged!r}", param=param)
+    retrieved, shown = None, messages
+    if route.knowledge is not None:  # the entries the run trained with, rendered as in training
+        shown, retrieved = route.knowledge.apply(messages, served.tokenizer)
     try:
-        prompt = served.codec.chat_prompt(messages)
+        prompt = served.codec.chat_prompt(shown)
     except UserError as err:
         raise ApiError(400, err.message, param="messages") from None
     except TemplateError as err:  # a model's own Jinja template refusing a conversation shape
         raise ApiError(400, f"the model's chat template refused these messages: {err}", param="messages") from None
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    return _plan("chat.completions", "chatcmpl", req, [prompt], "messages", (param, limit), messages,
-                 served, options)
+    trie = _choices(req.guided_choice or (route.labels if options.closed_set == "auto" else None), served)
+    if trie is not None:  # room for the longest answer of the set
+        limit = max(limit or 0, trie.depth)
+    plan = _plan("chat.completions", "chatcmpl", req, [prompt], "messages", (param, limit), messages,
+                 served, options, trie)
+    plan.retrieved = retrieved
+    return plan
+
+
+def _choices(choices: Any, served: ServedModels) -> Any:
+    if not choices:
+        return None
+    try:
+        return served.tries.get(choices)
+    except UserError as err:
+        raise ApiError(400, f"guided_choice: {err.message}", param="guided_choice") from None
 
 
 def plan_completion(req: CompletionRequest, served: ServedModels, options: ServeOptions) -> Plan:
@@ -97,6 +117,8 @@ def plan_completion(req: CompletionRequest, served: ServedModels, options: Serve
         ApiError: as `plan_chat`, plus an empty prompt or token ids outside the vocabulary.
     """
     _check_model(req.model, served)
+    if (req.model_extra or {}).get("guided_choice") is not None:
+        raise ApiError(400, "guided_choice: supported on /v1/chat/completions only", param="guided_choice")
     if isinstance(req.prompt, str):
         texts, prompts = [req.prompt], [served.codec.encode_text(req.prompt)]
     elif req.prompt and all(isinstance(x, str) for x in req.prompt):
@@ -114,7 +136,8 @@ def plan_completion(req: CompletionRequest, served: ServedModels, options: Serve
 
 
 def _plan(endpoint: str, prefix: str, req: Any, prompts: list[list[int]], prompt_param: str,
-          max_tokens: tuple[str, int | None], logged: Any, served: ServedModels, options: ServeOptions) -> Plan:
+          max_tokens: tuple[str, int | None], logged: Any, served: ServedModels, options: ServeOptions,
+          trie: Any = None) -> Plan:
     if req.n > options.max_n or len(prompts) * req.n > options.max_n:
         param = "n" if req.n > options.max_n else prompt_param
         raise ApiError(400, f"{param}: at most {options.max_n} choices per request", param=param)
@@ -131,7 +154,7 @@ def _plan(endpoint: str, prefix: str, req: Any, prompts: list[list[int]], prompt
             # n different samples, each reproducible; kept inside the generator's 64-bit seed range.
             seed = None if req.seed is None else (req.seed + j) % 2**64
             rows.append(prompt)
-            params.append(SamplingParams(length, temperature, top_p, seed, served.codec.stop_ids))
+            params.append(SamplingParams(length, temperature, top_p, seed, served.codec.stop_ids, trie))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return Plan(endpoint, new_id(prefix), req.model, rows, params, tuple(req.stop_list()),
                 sum(len(p) for p in prompts), logged, req.stream, include_usage)
@@ -178,6 +201,7 @@ class Run:
         self.streams: list[TextStream] = [served.codec.stream(plan.stops) for _ in plan.prompts]
         self.texts = [""] * len(plan.prompts)
         self.reasons: list[str | None] = [None] * len(plan.prompts)
+        self.confidences: list[float | None] = [None] * len(plan.prompts)
         self.first_token_s: float | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._job: Job | None = None
@@ -269,6 +293,7 @@ class Run:
         else:
             raise ClientGone()
         text = stream.flush()
+        self.confidences[event.row] = event.confidence
         self._record(event.row, text, reason)
         return text, reason
 

@@ -30,6 +30,8 @@ class ServeOptions:
         cache_size: entries of the exact-match cache for greedy requests (0: off).
         request_log: JSONL file each completion request is appended to (None: no log).
         api_key: the key clients must send as "Authorization: Bearer KEY" (None: open).
+        closed_set: "auto": requests to an adapter whose run recorded a closed answer set decode
+            inside it (unless they give their own `guided_choice`); "off": only `guided_choice`.
 
     Example:
         >>> ServeOptions(max_batch_size=1).max_batch_size
@@ -48,6 +50,7 @@ class ServeOptions:
     cache_size: int = 0
     request_log: str | None = None
     api_key: str | None = None
+    closed_set: str = "off"
 
     def __post_init__(self) -> None:
         checks = {"max_batch_size": self.max_batch_size >= 1, "batch_window_ms": self.batch_window_ms >= 0,
@@ -60,6 +63,8 @@ class ServeOptions:
         if bad:
             raise UserError(f"serve settings out of range: {', '.join(bad)}",
                             hint="sizes and limits are positive; default_max_tokens <= max_tokens_limit")
+        if self.closed_set not in ("auto", "off"):
+            raise UserError(f"closed_set must be 'auto' or 'off', got {self.closed_set!r}", hint="--closed-set auto")
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("the API key is empty", hint=f"pass --api-key KEY or set {API_KEY_ENV}, or neither")
 

@@ -98,6 +98,8 @@ class _Sampling(_Strict):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    # vLLM's field: the answer is one of these strings (decoded inside them, with its probability).
+    guided_choice: list[str] | None = Field(None, min_length=1, max_length=5000)
 
 
 class CompletionRequest(_Sampling):
@@ -171,15 +173,18 @@ def envelope(rid: str, obj: str, model: str, choices: list[dict[str, Any]], **ex
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices, **extra}
 
 
-def chat_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-    """One choice of a chat.completion."""
-    return {"index": index, "message": {"role": "assistant", "content": text},
-            "finish_reason": finish_reason, "logprobs": None}
+def chat_choice(index: int, text: str, finish_reason: str | None, confidence: float | None = None) -> dict[str, Any]:
+    """One choice of a chat.completion (`confidence`: the answer's probability inside a closed set)."""
+    choice = {"index": index, "message": {"role": "assistant", "content": text},
+              "finish_reason": finish_reason, "logprobs": None}
+    return {**choice, "confidence": confidence} if confidence is not None else choice
 
 
-def chat_delta(index: int, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
-    """One choice of a chat.completion.chunk."""
-    return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+def chat_delta(index: int, delta: dict[str, str], finish_reason: str | None = None,
+               confidence: float | None = None) -> dict[str, Any]:
+    """One choice of a chat.completion.chunk (the last chunk of a closed-set row has its `confidence`)."""
+    choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+    return {**choice, "confidence": confidence} if confidence is not None else choice
 
 
 def text_choice(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from domaintune.errors import UserError
@@ -33,8 +34,11 @@ class Inspection:
 
 
 def inspect_records(path: str, tokenizer: Any, template: ChatTemplate, max_len: int = 1024, show: int = 3,
-                    limit: int = 1000, train_on_prompt: bool = False) -> Inspection:
+                    limit: int = 1000, train_on_prompt: bool = False,
+                    transform: Callable[[list[dict]], list[dict]] | None = None) -> Inspection:
     """Encode up to `limit` records of a prepared JSONL file and keep `show` of them as spans.
+
+    `transform` rewrites the records first as training would (retrieval puts entries in prompts).
 
     Returns:
         An `Inspection`: per shown example, (text, trained) spans decoded token run by token run.
@@ -43,23 +47,25 @@ def inspect_records(path: str, tokenizer: Any, template: ChatTemplate, max_len: 
     if not file.is_file():
         raise UserError("data file not found", file=path, hint="give a prepared split, e.g. prepared/train.jsonl")
     result = Inspection()
+    records = []
     with open(file, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if n > limit:
                 break
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 raise UserError("not a JSON line", file=path, line=n, hint="inspect the output of `domaintune prepare`") from None
-            encoded = encode_record(record, tokenizer, template, max_len, train_on_prompt=train_on_prompt)
-            if encoded.example is None:
-                result.skipped[encoded.reason] += 1
-                continue
-            labels = encoded.example.labels
-            result.tokens += len(labels)
-            result.trained += sum(label != IGNORE_INDEX for label in labels)
-            if len(result.examples) < show:
-                result.examples.append(_spans(encoded.example.input_ids, labels, tokenizer))
+    for record in transform(records) if transform is not None else records:
+        encoded = encode_record(record, tokenizer, template, max_len, train_on_prompt=train_on_prompt)
+        if encoded.example is None:
+            result.skipped[encoded.reason] += 1
+            continue
+        labels = encoded.example.labels
+        result.tokens += len(labels)
+        result.trained += sum(label != IGNORE_INDEX for label in labels)
+        if len(result.examples) < show:
+            result.examples.append(_spans(encoded.example.input_ids, labels, tokenizer))
     return result
 
 

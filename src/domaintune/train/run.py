@@ -369,13 +369,16 @@ class Run:
             _console.print(text)
 
     def _rough_seconds_per_step(self) -> float | None:
-        """From the validation forward pass: a training step costs about 3 forward passes of its tokens."""
+        """From the validation forward pass: a training step costs about 3 forward passes of its
+        tokens, through the layers it runs (all, or those above the frozen-layer cache)."""
         extra = self.state.extra
         seconds, tokens = extra.get("loss_validation_seconds"), sum(token_counts(b)[0] for b in self.val_batches)
         if not seconds or not tokens:
             return None
         step_tokens = sum(len(ex) for ex in self.train_ex) / max(1.0, self.data.batches_in(1.0)) * self.accum
-        return 3 * seconds / tokens * step_tokens
+        prefix = self.data.prefix
+        share = 1.0 if prefix is None else 1.0 - prefix.cut / len(prefix.layers)
+        return 3 * share * seconds / tokens * step_tokens
 
     def _fit_to_budget(self) -> None:
         """After the first steps: say the measured pace, and shorten the schedule to the time budget."""

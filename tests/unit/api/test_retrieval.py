@@ -1,0 +1,95 @@
+"""Retrieval end to end on a tiny model: training records its knowledge base, eval and serve read the
+same one (serve refuses a changed one), answers carry the entries used and a closed-set confidence."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from domaintune import api
+from domaintune.config import apply_overrides
+from domaintune.data.kb import ENTRIES
+from domaintune.errors import UserError
+from domaintune.methods.artifact import RETRIEVAL_FILE
+from domaintune.models.context import HEADER
+
+LABELS = ["cardiology", "neurology", "oncology"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_llama, prepared, tmp_path_factory):
+    from domaintune.config import Recipe
+
+    out = tmp_path_factory.mktemp("retrieval")
+    recipe = Recipe(model={"name": str(tiny_llama), "template": "chatml"},
+                    train={"data_dir": str(prepared), "output_dir": str(out / "run"), "max_steps": 3,
+                           "batch_tokens": 256, "threads": 1, "val_samples": 6,
+                           "method": {"method": "lora", "r": 4}},
+                    retrieval={"kb": "train", "k": 2, "max_tokens": 64},
+                    eval={"data": str(prepared / "test.jsonl"), "output_dir": str(out / "eval"),
+                          "label_field": "label", "general": None, "latency_prompts": 0, "perplexity": False})
+    return recipe, api.train(recipe, force=True, progress=False)
+
+
+def test_the_run_records_its_knowledge_base_and_eval_reads_it(run):
+    recipe, result = run
+    record = json.loads((result.run_dir / RETRIEVAL_FILE).read_text())
+    assert record["k"] == 2 and record["entries"] == 60 and len(record["sha256"]) == 64
+    evaluated, paths = api.evaluate(recipe, adapter=str(result.run_dir), progress=False)
+    report = evaluated.report["retrieval"]
+    assert report["n"] == 12 and 0 <= report["recall_at_k"] <= 100 and report["top1"]["score"] is not None
+    assert all(HEADER in row["prompt_text"] for row in evaluated.predictions)
+    assert "Retrieval" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_inspect_shows_the_retrieved_context(run, prepared):
+    recipe, _ = run
+    shown = api.inspect(recipe, str(prepared / "train.jsonl"), 1)
+    assert HEADER in "".join(text for text, _ in shown.examples[0])
+
+
+def test_serve_reads_the_same_base_refuses_a_changed_one_and_answers_with_ids(run, tiny_llama):
+    from domaintune.serve.adapters import load_served
+    from domaintune.serve.app import build_app
+    from domaintune.serve.options import ServeOptions
+    from domaintune.serve.server import serve_in_thread
+
+    _, result = run
+    served = load_served(str(tiny_llama), {"icd": result.run_dir}, template="chatml")
+    assert served.routes["icd"].knowledge is not None and served.routes["icd"].labels == tuple(LABELS)
+    body = {"model": "icd", "messages": [{"role": "user", "content": "The patient has heart trouble."}],
+            "max_tokens": 8}
+    with serve_in_thread(build_app(served, ServeOptions(closed_set="auto"))) as url:
+        closed = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
+        guided = httpx.post(url + "/v1/chat/completions", timeout=60,
+                            json={**body, "guided_choice": ["yes", "no"]}).json()
+    assert closed["choices"][0]["message"]["content"] in LABELS and 0 < closed["choices"][0]["confidence"] <= 1
+    assert guided["choices"][0]["message"]["content"] in ("yes", "no")
+    assert len(closed["retrieved"]) == 2 and all(isinstance(i, int) for i in closed["retrieved"])
+    kb_file = result.run_dir / "kb" / ENTRIES
+    kb_file.write_text(kb_file.read_text() + "\n")
+    try:
+        with pytest.raises(UserError, match="changed"):
+            load_served(str(tiny_llama), {"icd": result.run_dir}, template="chatml")
+    finally:
+        kb_file.write_text(kb_file.read_text()[:-1])
+
+
+def test_completions_refuse_guided_choice(run, tiny_llama):
+    from domaintune.serve.adapters import load_served
+    from domaintune.serve.app import build_app
+    from domaintune.serve.options import ServeOptions
+    from domaintune.serve.server import serve_in_thread
+
+    served = load_served(str(tiny_llama), template="chatml")
+    with serve_in_thread(build_app(served, ServeOptions())) as url:
+        answer = httpx.post(url + "/v1/completions", timeout=60,
+                            json={"model": served.base_name, "prompt": "hi", "guided_choice": ["a"]})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "guided_choice"
+
+
+def test_a_run_without_retrieval_records_none(make_recipe):
+    result = api.train(apply_overrides(make_recipe(), ["train.max_steps=1"]), force=True, progress=False)
+    assert not (result.run_dir / RETRIEVAL_FILE).exists()
