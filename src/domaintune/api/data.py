@@ -132,12 +132,13 @@ def _retrieval_view(recipe: Recipe, path: str, tokenizer: Any):
     if not recipe.retrieval.kb:
         return None
     from domaintune.api.retrieval import augment, training_kb
+    from domaintune.models.templates import get_template
     from domaintune.train.data import load_split
 
-    folder = Path(path).parent
-    kb = training_kb(recipe, load_split(folder / "train.jsonl"), folder, save=False)
-    cfg = recipe.retrieval
-    return lambda records: augment(records, kb, tokenizer, cfg.k, cfg.max_tokens, leave_one_out=True)
+    kb = training_kb(recipe, load_split(Path(path).parent / "train.jsonl"))
+    cfg, template = recipe.retrieval, get_template(recipe.model.template, tokenizer)
+    return lambda records: augment(records, kb, tokenizer, cfg.k, cfg.max_tokens, leave_one_out=True,
+                                   template=template)
 
 
 def agree(path: str, threshold: float = 0.6):

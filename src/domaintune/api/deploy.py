@@ -70,6 +70,8 @@ def chat(model: str = "embedded", adapter: tuple[str, str] | None = None, *, tem
     from domaintune.serve import chat_loop, load_served
 
     served = load_served(model, dict([adapter]) if adapter else {}, template=template)
-    with served.activate(adapter[0] if adapter else served.base_name) as net:
+    name = adapter[0] if adapter else served.base_name
+    with served.activate(name) as net:
         return chat_loop(net, served.tokenizer, served.template,
-                         params=SamplingParams(max_new_tokens=max_tokens, temperature=temperature), system=system)
+                         params=SamplingParams(max_new_tokens=max_tokens, temperature=temperature), system=system,
+                         knowledge=served.routes[name].knowledge)

@@ -100,7 +100,7 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
     kb, k = _eval_kb(recipe, loaded, pool)
     raw = records
     if kb is not None:  # the prompts training built: the same entries, the same rendering
-        records = augment(records, kb, loaded.tokenizer, k, _budget(recipe, loaded))
+        records = augment(records, kb, loaded.tokenizer, k, _budget(recipe, loaded), template=loaded.template)
     describe = {**loaded.describe, "data": str(data.path), "data_sha256": data.sha256}
     result = run_eval(loaded.model, loaded.tokenizer, loaded.template, records, settings,
                       pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,
@@ -110,8 +110,9 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
         result.report["baselines"] = _baselines(result, pool, data.path.parent, raw, settings.choices)
     if kb is not None:
         metric = "accuracy" if settings.choices else "chrf"
-        scores = [row["scores"]["exact_match" if settings.choices else "chrf"] for row in result.predictions]
-        result.report["retrieval"] = retrieval_report(records, kb, scores, metric=metric, k=k)
+        scores = [row["scores"].get("exact_match" if settings.choices else "chrf") for row in result.predictions]
+        if all(s is not None for s in scores):  # chrF is there unless eval.text_metrics is off
+            result.report["retrieval"] = retrieval_report(records, kb, scores, metric=metric, k=k)
     paths = write_eval(result, Path(output_dir or cfg.output_dir), loss_curve=loaded.loss_curve)
     return result, paths
 

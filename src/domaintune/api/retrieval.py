@@ -20,9 +20,8 @@ from domaintune.errors import UserError
 KB_DIR = "kb"
 
 
-def training_kb(recipe: Recipe, train_split: Any, run_dir: Path, save: bool = True) -> Any:
-    """The knowledge base a run trains with (built into run_dir/kb for `kb: train`: saved by the
-    process that writes, `save`), or None."""
+def training_kb(recipe: Recipe, train_split: Any) -> Any:
+    """The knowledge base a run trains with (built in memory from the split for `kb: train`), or None."""
     from domaintune.api.data import resolve_path
     from domaintune.config.retrieval import TRAIN_KB
     from domaintune.data.kb import KnowledgeBase, entries_from_records
@@ -32,18 +31,49 @@ def training_kb(recipe: Recipe, train_split: Any, run_dir: Path, save: bool = Tr
         return None
     if spec == TRAIN_KB:
         source = str(getattr(train_split, "path", "train.jsonl"))
-        kb = KnowledgeBase.build(entries_from_records(train_split), sources=[source])
-        return kb.save(Path(run_dir) / KB_DIR) if save else kb
+        return KnowledgeBase.build(entries_from_records(train_split), sources=[source])
     return KnowledgeBase.load(Path(resolve_path(spec)))
 
 
-def retrieval_record(kb: Any, recipe: Recipe) -> dict[str, Any]:
-    """What a run records about its retrieval (methods.artifact.RETRIEVAL_FILE)."""
+def check_resumed_kb(run_dir: Path, kb: Any, force: bool) -> None:
+    """Refuse to resume a run on another knowledge base than the one it trained with (unless forced)."""
+    from domaintune.methods.artifact import RETRIEVAL_FILE, read_json
+
+    path = Path(run_dir) / RETRIEVAL_FILE
+    before = read_json(path).get("sha256") if path.is_file() else None
+    now = kb.sha256 if kb is not None else None
+    if before != now and not force:
+        raise UserError(f"the run trained with knowledge base {str(before)[:12]}, this recipe gives {str(now)[:12]}",
+                        file=str(path), hint="resume with the same retrieval.kb, or pass --force to continue anyway")
+
+
+class RunRecords:
+    """A training callback writing what eval, serve and export read from a run, once training starts:
+    labels.json (the closed answer set), kb/ (for `kb: train`) and retrieval.json."""
+
+    def __init__(self, run_dir: Path, answers: list[str] | None, kb: Any, recipe: Recipe) -> None:
+        self.run_dir, self.answers, self.kb, self.recipe = Path(run_dir), answers, kb, recipe
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        from domaintune.config.retrieval import TRAIN_KB
+        from domaintune.methods.artifact import write_labels, write_retrieval
+
+        write_labels(self.run_dir, self.answers)
+        if self.kb is not None and self.recipe.retrieval.kb == TRAIN_KB:
+            self.kb.save(self.run_dir / KB_DIR)
+        write_retrieval(self.run_dir, retrieval_record(self.kb, self.recipe, self.run_dir) if self.kb is not None else None)
+
+
+def retrieval_record(kb: Any, recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """What a run records about its retrieval (methods.artifact.RETRIEVAL_FILE); a base inside the
+    run folder is named relative to it, so a moved run folder keeps finding its own."""
     from domaintune.models.context import RENDERING
 
-    return {"kb": str(Path(kb.folder).resolve()) if getattr(kb, "folder", None) else None, "sha256": kb.sha256,
-            "entries": len(kb), "k": recipe.retrieval.k, "max_tokens": recipe.retrieval.max_tokens,
-            "rendering": RENDERING}
+    folder = Path(kb.folder).resolve() if kb.folder else None
+    inside = folder is not None and folder.is_relative_to(Path(run_dir).resolve())
+    where = str(folder.relative_to(Path(run_dir).resolve())) if inside else (str(folder) if folder else None)
+    return {"kb": where, "sha256": kb.sha256, "entries": len(kb), "k": recipe.retrieval.k,
+            "max_tokens": recipe.retrieval.max_tokens, "rendering": RENDERING}
 
 
 def run_kb(record: dict[str, Any], kb_path: str | None = None, allow_changed: bool = False) -> Any:
@@ -53,12 +83,15 @@ def run_kb(record: dict[str, Any], kb_path: str | None = None, allow_changed: bo
     return open_knowledge_base(record, kb_path, allow_changed)
 
 
-def augment(records: Any, kb: Any, tokenizer: Any, k: int, max_tokens: int, leave_one_out: bool = False) -> Any:
-    """`records` with their retrieved entries in the prompt (a `Split` keeps its path and hash)."""
+def augment(records: Any, kb: Any, tokenizer: Any, k: int, max_tokens: int, leave_one_out: bool = False,
+            template: Any = None) -> Any:
+    """`records` with their retrieved entries in the prompt (a `Split` keeps its path and hash);
+    entries holding the template's control tokens are never shown."""
     from domaintune.models.context import augment_records
     from domaintune.train.data import Split
 
-    out = augment_records(records, kb, tokenizer, k=k, max_tokens=max_tokens, leave_one_out=leave_one_out)
+    out = augment_records(records, kb, tokenizer, k=k, max_tokens=max_tokens, leave_one_out=leave_one_out,
+                          forbidden=template.control_tokens if template is not None else ())
     if hasattr(records, "sha256"):
         return Split(out, records.path, records.sha256)
     return out

@@ -54,36 +54,56 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
          force: bool, progress: bool, callbacks: tuple = ()):
     import yaml
 
+    from domaintune.api.retrieval import RunRecords, augment, check_resumed_kb, training_kb
     from domaintune.methods import get_method
     from domaintune.models.load import load_model, load_tokenizer, resolve_model
     from domaintune.models.templates import get_template
     from domaintune.train.loop import run_training
 
-    from domaintune.api.retrieval import augment, retrieval_record, training_kb
-    from domaintune.data.answers import closed_answer_set
-    from domaintune.methods.artifact import write_labels, write_retrieval
-
-    model_cfg, main = recipe.model, _is_main_process()
-    answers = closed_answer_set(train_split)
-    if main:  # eval, serve and export decode inside the set the training data forms
-        write_labels(run_dir, answers)
+    model_cfg = recipe.model
     tokenizer = load_tokenizer(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
-    kb = training_kb(recipe, train_split, run_dir, save=main)
-    if main:
-        write_retrieval(run_dir, retrieval_record(kb, recipe) if kb is not None else None)
+    template = get_template(model_cfg.template, tokenizer)
+    answers = decodable_answers(train_split, template, tokenizer)
+    kb = training_kb(recipe, train_split)  # in memory: the run folder is written once training starts
+    if resume:
+        check_resumed_kb(run_dir, kb, force)
     if kb is not None:  # neighbours in every prompt; never a training example's own entry
         k, budget = recipe.retrieval.k, recipe.retrieval.max_tokens
-        train_split = augment(train_split, kb, tokenizer, k, budget, leave_one_out=True)
-        val_split = augment(val_split, kb, tokenizer, k, budget)
+        train_split = augment(train_split, kb, tokenizer, k, budget, leave_one_out=True, template=template)
+        val_split = augment(val_split, kb, tokenizer, k, budget, template=template)
     model = load_model(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
-    template = get_template(model_cfg.template, tokenizer)
     select_by = resolve_select_by(cfg.select_by, answers is not None) if val_split else LOSS
+    # labels.json, retrieval.json and kb/ are written when training starts, after the run folder's
+    # checks: a refused run leaves an existing run's records as they were.
+    records = RunRecords(run_dir, answers, kb, recipe)
     return run_training(
         model, tokenizer, template, get_method(cfg.method.method), cfg.method, train_split, val_split, cfg, run_dir,
         recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
         resume=resume, force=force, model_path=resolve_model(model_cfg.name), progress=progress,
-        loss_fn=_loss_fn(cfg, tokenizer), select_by=select_by, callbacks=callbacks,
+        loss_fn=_loss_fn(cfg, tokenizer), select_by=select_by, callbacks=(records, *callbacks),
         task_metric=_task_metric(cfg, select_by, tokenizer, template, val_split, answers))
+
+
+def decodable_answers(records: Any, template: Any, tokenizer: Any) -> list[str] | None:
+    """The closed answer set of `records` when this template can decode inside it, else None.
+
+    Some templates tokenize an answer together with its prompt (deepseek_r1's generation prompt
+    ends inside `<think>`): their answers are decoded freely and runs select by loss, with a note.
+    """
+    from domaintune.data.answers import closed_answer_set
+    from domaintune.models.choice import ChoiceTrie
+
+    answers = closed_answer_set(records)
+    if answers is None:
+        return None
+    try:
+        ChoiceTrie.build(answers[:1], template, tokenizer)
+    except UserError as err:
+        import logging
+
+        logging.getLogger(__name__).warning("closed-set decoding is off: %s", err.message)
+        return None
+    return answers
 
 
 def _task_metric(cfg: TrainConfig, select_by: str, tokenizer: Any, template: Any, val_split: Any,
@@ -92,8 +112,8 @@ def _task_metric(cfg: TrainConfig, select_by: str, tokenizer: Any, template: Any
     if select_by == LOSS:
         return None
     if select_by in ("accuracy", "macro_f1") and answers is None:
-        raise UserError(f"train.select_by: {select_by} needs answers that form a closed set (labels)",
-                        hint="use exact_match or chrf for free-text answers, or loss")
+        raise UserError(f"train.select_by: {select_by} needs answers that form a closed set (labels) this "
+                        "template can decode inside", hint="use exact_match or chrf for free-text answers, or loss")
     from domaintune.eval.validation import task_metric
 
     return task_metric(tokenizer, template, val_split, choices=answers, samples=cfg.val_samples, seed=cfg.seed)
@@ -126,7 +146,20 @@ def _train_domains(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split
             target = root / ADAPTERS_DIR / domain
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(results[domain].artifact, target)
+            _copy_records(results[domain].run_dir, target)
     return results
+
+
+def _copy_records(run_dir: Path, target: Path) -> None:
+    """A domain adapter's answer set and knowledge base go with it, so serve reads them there too."""
+    from domaintune.api.retrieval import KB_DIR
+    from domaintune.methods.artifact import LABELS_FILE, RETRIEVAL_FILE
+
+    for name in (LABELS_FILE, RETRIEVAL_FILE):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, target / name)
+    if (run_dir / KB_DIR).is_dir():
+        shutil.copytree(run_dir / KB_DIR, target / KB_DIR)
 
 
 def _is_main_process() -> bool:

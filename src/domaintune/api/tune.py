@@ -9,8 +9,9 @@ point of their runs, and the study is a SQLite file in the output folder, so run
 command again continues an interrupted search. The metric is the one training selects by
 (`train.select_by`: accuracy on a closed answer set, else the loss), measured on the validation
 split only: the test split is never looked at. Each trial gets a share of the budget as its own
-`train.time_budget` (at most a quarter, so at least four trials fit), and no trial starts once the
-budget is spent. The output folder holds trials/trial-N/ (each a complete run folder), trials.csv,
+`train.time_budget` (at most a quarter, so at least four trials fit; model loading and the final
+save come on top of it), and no trial starts once the budget is spent. best.yaml repeats the
+winning trial's schedule exactly (its steps as `train.max_steps`). The output folder holds trials/trial-N/ (each a complete run folder), trials.csv,
 tune.html and best.yaml, the winning recipe ready for `domaintune train --config`.
 """
 
@@ -101,6 +102,7 @@ def tune(recipe: Recipe, budget_s: float, output_dir: str, *, max_trials: int | 
                      f"train.time_budget={trial_budget:.0f}", f"train.select_by={metric}"]
         result = train(_with(recipe, overrides), force=True, progress=progress, callbacks=(_Pruning(trial, key),))
         trial.set_user_attr("steps", result.steps)
+        trial.set_user_attr("total_steps", result.summary.get("total_steps"))  # the schedule it ran
         trial.set_user_attr("run_dir", str(result.run_dir))
         value = result.summary.get("best_metric")
         if value is None:
@@ -121,10 +123,10 @@ def tune(recipe: Recipe, budget_s: float, output_dir: str, *, max_trials: int | 
     ran = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     left = None if max_trials is None else max(0, max_trials - len(ran))
     if remaining() >= MIN_TRIAL_S and left != 0:
-        import optuna
-
+        # A trial that fails (say, a loss that became NaN at a high learning rate) is recorded as
+        # failed and the search goes on; pruned trials are Optuna's own business.
         study.optimize(objective, n_trials=left, timeout=max(1.0, remaining()), callbacks=[after],
-                       catch=(optuna.TrialPruned,))
+                       catch=(UserError,))
     return _results(recipe, study, metric, out, report, finished, STUDY_FILE)
 
 
@@ -145,7 +147,10 @@ def _results(recipe: Recipe, study: Any, metric: str, out: Path, report: Any, fi
     if done:
         top = done[0]
         best = {"trial": top.number, "value": top.value, "params": top.params, "run_dir": top.user_attrs.get("run_dir")}
-        best_recipe = _with(recipe, space.to_overrides(_full_params(top.params, recipe)))
+        # The schedule the trial ran (its time budget may have shortened it), so `train` repeats it.
+        steps = top.user_attrs.get("total_steps")
+        best_recipe = _with(recipe, [*space.to_overrides(_full_params(top.params, recipe)),
+                                     *([f"train.max_steps={steps}"] if steps else [])])
         paths["best_recipe"] = _write_recipe(best_recipe, out / report.BEST_YAML)
     paths["html"] = report.write_html(study, rows, metric, best, out)
     return {"metric": metric, "direction": study.direction.name.lower(), "best": best, "trials": rows,

@@ -191,7 +191,8 @@ class KnowledgeBase:
             raise ValueError("entry ids must be 0..n-1 in order")
         retriever = bm25s.BM25()
         retriever.index([kb_tokens(e.text) or [""] for e in entries], show_progress=False)
-        manifest = {"format": FORMAT, "tokenizer": TOKENIZER, "entries": len(entries), "sources": list(sources)}
+        manifest = {"format": FORMAT, "tokenizer": TOKENIZER, "entries": len(entries), "sources": list(sources),
+                    "sha256": content_sha256(entries)}
         return cls(entries, retriever, manifest)
 
     def search(self, queries: Sequence[str], k: int, exclude: Sequence[str | None] | None = None) -> list[list[Hit]]:
@@ -214,23 +215,28 @@ class KnowledgeBase:
         return out
 
     def _top(self, scores: np.ndarray, k: int, skip: str | None) -> list[Hit]:
-        take = min(len(scores), k + 8 if skip is not None else k)
-        best = np.argpartition(-scores, take - 1)[:take] if take < len(scores) else np.arange(len(scores))
-        best = best[np.lexsort((best, -scores[best]))]  # by score, ties by id: deterministic
+        """The `k` best positive scores, ties broken by id (lower first), `skip` texts left out."""
+        want = min(len(scores), k + 8 if skip is not None else k)
+        if want < len(scores):  # every entry tied with the want-th best is a candidate
+            kth = np.partition(-scores, want - 1)[want - 1]
+            candidates = np.flatnonzero(-scores <= kth)
+        else:
+            candidates = np.arange(len(scores))
+        order = candidates[np.lexsort((candidates, -scores[candidates]))]
         hits = []
-        for j in best:
+        for j in order:
             if scores[j] <= 0:
-                break
+                return hits  # no other entry shares a word with the query
             if skip is not None and self._norms[j] == skip:
                 continue
             hits.append(Hit(self.entries[j], float(scores[j])))
             if len(hits) == k:
                 return hits
-        if skip is not None and len(hits) < k and take < len(scores):  # many duplicates: look further
+        if len(candidates) < len(scores):  # many duplicates of the query were skipped: look further
             return self._top_all(scores, k, skip)
         return hits
 
-    def _top_all(self, scores: np.ndarray, k: int, skip: str) -> list[Hit]:
+    def _top_all(self, scores: np.ndarray, k: int, skip: str | None) -> list[Hit]:
         order = np.lexsort((np.arange(len(scores)), -scores))
         hits = [Hit(self.entries[j], float(scores[j])) for j in order if scores[j] > 0 and self._norms[j] != skip]
         return hits[:k]
@@ -247,8 +253,7 @@ class KnowledgeBase:
                     fh.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
             self.retriever.save(str(tmp / INDEX), allow_pickle=False)
             files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            self.manifest = {**self.manifest, "files": files,
-                             "sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
+            self.manifest = {**self.manifest, "files": files}
             (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
             old = folder.with_name(f".{folder.name}.old")
@@ -273,13 +278,16 @@ class KnowledgeBase:
 
         folder = Path(folder)
         manifest = _manifest(folder)
-        for name, digest in manifest.get("files", {}).items():
+        for name, digest in manifest["files"].items():
             path = folder / name
             if not path.is_file() or _sha256(path) != digest:
                 raise UserError(f"knowledge-base file {name} is missing or changed since it was built",
                                 file=str(folder), hint="build it again with `domaintune kb build`")
         entries = [Entry(**json.loads(line)) for line in
-                   (folder / ENTRIES).read_text(encoding="utf-8").splitlines() if line.strip()]
+                   (folder / ENTRIES).read_text(encoding="utf-8").split("\n") if line.strip()]
+        if content_sha256(entries) != manifest["sha256"]:
+            raise UserError("the knowledge base's entries do not match its manifest", file=str(folder),
+                            hint="build it again with `domaintune kb build`")
         retriever = bm25s.BM25.load(str(folder / INDEX), load_corpus=False, allow_pickle=False)
         return cls(entries, retriever, manifest, folder)
 
@@ -289,7 +297,12 @@ def _manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError("not a knowledge base (no manifest.json)", file=str(folder),
                         hint="build one with `domaintune kb build SOURCES -o KB/`")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the manifest ({exc})", file=str(path), hint="build the knowledge base again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "sha256" not in manifest:
+        raise UserError("the manifest lists no files or no sha256", file=str(path), hint="build the knowledge base again")
     if manifest.get("format") != FORMAT:
         raise UserError(f"knowledge-base format {manifest.get('format')!r} is not {FORMAT!r}", file=str(path),
                         hint="build it again with this version of domaintune")
@@ -298,6 +311,15 @@ def _manifest(folder: Path) -> dict[str, Any]:
                         f"this version searches with {TOKENIZER!r}", file=str(path),
                         hint="build it again with `domaintune kb build`")
     return manifest
+
+
+def content_sha256(entries: Sequence[Entry]) -> str:
+    """The hash that names a knowledge base: its entries, format and tokenizer (not the index bytes)."""
+    digest = hashlib.sha256(f"{FORMAT}\n{TOKENIZER}\n".encode())
+    for entry in entries:
+        digest.update(json.dumps(asdict(entry), ensure_ascii=False, sort_keys=True).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:

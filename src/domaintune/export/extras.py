@@ -12,7 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from domaintune.methods.artifact import LABELS_FILE, RETRIEVAL_FILE, find_artifact, write_retrieval
+from domaintune.methods.artifact import (LABELS_FILE, RETRIEVAL_FILE, find_artifact, open_knowledge_base,
+                                        write_retrieval)
 from domaintune.models.context import HEADER
 
 KB_DIR, NOTE = "kb", "RETRIEVAL.md"
@@ -28,6 +29,7 @@ def copy_run_extras(run_dir: Path, out: Path) -> list[str]:
         written.append(LABELS_FILE)
     record = art.retrieval
     if record is not None and record.get("kb"):
+        open_knowledge_base(record)  # the base the run trained with, unchanged, or a clear refusal
         target = out / KB_DIR
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(Path(record["kb"]), target)
@@ -43,8 +45,9 @@ def _note(record: dict) -> str:
 It was trained with the top {record['k']} entries of `kb/` (sha256 {record['sha256'][:12]}, {record.get('entries')}
 entries) in every prompt. Served without them it answers worse.
 
-- `domaintune serve` does the lookup by itself: `domaintune serve BASE --adapter name=THIS_FOLDER`;
-  each answer lists the entries used in its `retrieved` field.
+- `domaintune serve` does the lookup by itself for an adapter export
+  (`domaintune serve BASE --adapter name=THIS_FOLDER`) or the run folder it came from; each answer
+  lists the entries used in its `retrieved` field. A merged model served as a base does not retrieve.
 - vLLM, llama.cpp and Ollama do not retrieve. Look the entries up yourself
   (`domaintune kb search kb/ "the user's question" -k {record['k']}`, or load `kb/` with
   `domaintune.data.kb.KnowledgeBase.load`) and put them before the user's message, exactly so

@@ -134,10 +134,11 @@ def _context(run: source.TrainedRun, out: Path, quant: str | None, name: str, ma
     from domaintune.export.merge import stop_token_ids
 
     tokenizer, template = source.load_tokenizer_and_template(run)
+    from domaintune.models.codec import pad_id
+
     stops = stop_token_ids(template, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
-    return Context(run, out, quant, name, tokenizer, template, jinja_template(template, tokenizer), stops, pad,
-                   max_new_tokens=max_new_tokens)
+    return Context(run, out, quant, name, tokenizer, template, jinja_template(template, tokenizer), stops,
+                   pad_id(tokenizer), max_new_tokens=max_new_tokens)
 
 
 def _merged_checked(ctx: Context, fmt: str) -> Any:

@@ -65,7 +65,7 @@ class Artifact:
         """The retrieval a run trained with (`write_retrieval`), or None."""
         for folder in (self.folder, self.run_dir, self.folder.parent):
             if folder is not None and (folder / RETRIEVAL_FILE).is_file():
-                record = _read_json(folder / RETRIEVAL_FILE)
+                record = read_json(folder / RETRIEVAL_FILE)
                 if record.get("kb") and not Path(record["kb"]).is_absolute():  # an export's kb/ beside it
                     record["kb"] = str(folder / record["kb"])
                 return record
@@ -89,12 +89,16 @@ def open_knowledge_base(record: dict[str, Any], kb_path: str | Path | None = Non
                         f"writes {RENDERING!r}", hint="train the run again with this version")
     path = kb_path or record.get("kb")
     if not path:
-        raise UserError("the run does not say where its knowledge base is", hint="pass --kb KB_FOLDER")
+        raise UserError("the run does not say where its knowledge base is", hint="train the run again")
+    if not Path(path).is_dir():
+        raise UserError("the run's knowledge base is not there", file=str(path),
+                        hint="restore it, or train the run again")
     kb = KnowledgeBase.load(Path(path))
     if kb.sha256 != record.get("sha256") and not allow_changed:
         raise UserError(f"the knowledge base changed since training (sha256 {kb.sha256[:12]}, the run read "
                         f"{str(record.get('sha256'))[:12]})", file=str(path),
-                        hint="use the base the run was trained with, or pass --kb-changed-ok to use it anyway")
+                        hint="restore the base the run was trained with (`domaintune serve --kb-changed-ok` "
+                             "serves a changed one anyway)")
     return kb
 
 
@@ -115,7 +119,7 @@ def _write_json(path: Path, value: Any) -> None:
     tmp.replace(path)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     import json
 
     try:
@@ -137,7 +141,7 @@ def read_labels(folder: Path) -> list[str]:
     """
     path = Path(folder) / LABELS_FILE
     try:
-        answers = _read_json(path)["answers"]
+        answers = read_json(path)["answers"]
     except (KeyError, TypeError) as exc:
         raise UserError(f"cannot read the run's answer set ({exc})", file=str(path),
                         hint="train again, or delete the file to decode freely") from None

@@ -55,7 +55,10 @@ def student_method(opts: DistillOptions) -> tuple[Method, Any]:
     if opts.student == "full":
         return get_method("full"), FullOptions()
     targets = opts.target_modules or "all-linear"  # None: every linear layer, as LoRA's own default
-    return get_method("lora"), LoraOptions(r=opts.r, alpha=opts.alpha, dropout=opts.dropout, target_modules=targets)
+    # Every layer, as before LoRA's default became the top third: the distillation recipes were
+    # measured that way, and the teacher must see its own embeddings (train/frozen.py caches none here).
+    return get_method("lora"), LoraOptions(r=opts.r, alpha=opts.alpha, dropout=opts.dropout, target_modules=targets,
+                                           layers="all")
 
 
 def _method_of(model: nn.Module) -> Method:

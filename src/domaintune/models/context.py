@@ -32,14 +32,23 @@ RENDERING = "reference-list/1"
 HEADER = "Reference entries (they may be wrong):"
 
 
-def render_context(hits: Sequence[Hit], tokenizer: Any, max_tokens: int) -> str:
-    """The reference block for `hits` within `max_tokens` tokens ("" when nothing fits or none)."""
+def render_context(hits: Sequence[Hit], tokenizer: Any, max_tokens: int,
+                   forbidden: Sequence[str] = ()) -> tuple[str, list[Hit]]:
+    """The reference block for `hits` within `max_tokens` tokens, and the hits it shows.
+
+    Entries whose text or answer holds one of `forbidden` (the template's control tokens: a
+    document could otherwise forge a turn boundary) are left out. The block is "" when nothing fits.
+    """
     lines: list[str] = []
-    for i, hit in enumerate(hits, start=1):
+    shown: list[Hit] = []
+    for hit in hits:
         entry = hit.entry
-        line = f"[{i}] {' '.join(entry.text.split())}" + (f" -> {entry.answer}" if entry.answer else "")
+        if any(t in entry.text or t in (entry.answer or "") for t in forbidden):
+            continue
+        line = f"[{len(lines) + 1}] {' '.join(entry.text.split())}" + (f" -> {entry.answer}" if entry.answer else "")
         if _count(tokenizer, _block([*lines, line])) <= max_tokens:
             lines.append(line)
+            shown.append(hit)
             continue
         if not lines:  # the best entry alone is too long: keep as many of its words as fit
             words = line.split()
@@ -47,8 +56,9 @@ def render_context(hits: Sequence[Hit], tokenizer: Any, max_tokens: int) -> str:
                 words = words[: max(1, len(words) * 3 // 4)]
             if _count(tokenizer, _block([" ".join(words)])) <= max_tokens:
                 lines.append(" ".join(words))
+                shown.append(hit)
         break
-    return _block(lines) if lines else ""
+    return (_block(lines) if lines else ""), shown
 
 
 def _block(lines: Sequence[str]) -> str:
@@ -74,7 +84,7 @@ def query_text(messages: Sequence[Mapping[str, str]]) -> str:
 
 
 def augment_records(records: Sequence[Mapping[str, Any]], kb: KnowledgeBase, tokenizer: Any, *, k: int,
-                    max_tokens: int, leave_one_out: bool = False) -> list[dict[str, Any]]:
+                    max_tokens: int, leave_one_out: bool = False, forbidden: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Each chat record with its retrieved entries in the prompt, and their ids in `metadata.retrieved`.
 
     Args:
@@ -84,6 +94,9 @@ def augment_records(records: Sequence[Mapping[str, Any]], kb: KnowledgeBase, tok
         k, max_tokens: entries looked up, and the block's token budget.
         leave_one_out: leave out entries equal to the record's own prompt (training on pairs
             from the same split: the record itself and its duplicates).
+        forbidden: control tokens no shown entry may hold (`render_context`).
+
+    `metadata.retrieved` lists the entries the prompt shows (those that fit the budget).
     """
     chats = [r for r in records if "messages" in r]
     queries = [query_text(_before_answer(r["messages"])) for r in chats]
@@ -94,9 +107,8 @@ def augment_records(records: Sequence[Mapping[str, Any]], kb: KnowledgeBase, tok
         if "messages" not in record:
             out.append(dict(record))
             continue
-        hits = next(found)
-        block = render_context(hits, tokenizer, max_tokens)
-        metadata = {**(record.get("metadata") or {}), "retrieved": [h.entry.id for h in hits]}
+        block, shown = render_context(next(found), tokenizer, max_tokens, forbidden)
+        metadata = {**(record.get("metadata") or {}), "retrieved": [h.entry.id for h in shown]}
         out.append({**record, "messages": with_context(record["messages"], block), "metadata": metadata})
     return out
 

@@ -175,8 +175,12 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
             routes[name] = Route(_own_copy(fresh_base(), folder, name), labels=labels, knowledge=knowledge)
     # Once LoRA is stacked, the base is the shared peft model with its adapters disabled.
     base = Route(shared, disable=hasattr(shared, "peft_config"))
-    return ServedModels(base_name, tokenizer, tpl, Codec(tokenizer, tpl), context, {base_name: base, **routes},
-                        temperature, top_p)
+    served = ServedModels(base_name, tokenizer, tpl, Codec(tokenizer, tpl), context, {base_name: base, **routes},
+                          temperature, top_p)
+    for route in routes.values():  # a run's own answer set is built once, here, not per request
+        if route.labels:
+            served.tries.pin(route.labels)
+    return served
 
 
 def serving_template(requested: str, adapters: Iterable[str | Path]) -> str:

@@ -31,7 +31,8 @@ def _write(text: str) -> None:
 
 def chat_loop(model: Any, tokenizer: Any, template: ChatTemplate, *, input_fn: Callable[[str], str] = input,
               print_fn: Callable[[str], None] = _write, params: SamplingParams | None = None,
-              system: str | None = None, max_context: int | None = None) -> list[dict[str, str]]:
+              system: str | None = None, max_context: int | None = None,
+              knowledge: Any = None) -> list[dict[str, str]]:
     """Read user turns, stream the model's replies, until /exit or end of input.
 
     Args:
@@ -44,6 +45,8 @@ def chat_loop(model: Any, tokenizer: Any, template: ChatTemplate, *, input_fn: C
             always added.
         system: an optional system message opening the conversation.
         max_context: prompt plus reply token limit (default: the model's context).
+        knowledge: the `serve.knowledge.Knowledge` the model was trained with: each turn's prompt
+            shows its entries, as the server's does (their ids are printed).
 
     Returns:
         The conversation at exit, as {"role", "content"} messages.
@@ -68,7 +71,17 @@ def chat_loop(model: Any, tokenizer: Any, template: ChatTemplate, *, input_fn: C
             print_fn("(conversation cleared)\n")
             continue
         history.append({"role": "user", "content": text})
-        prompt = _fit(codec, history, context - params.max_new_tokens, len(opening))
+        shown: dict[str, list[int]] = {}
+
+        def with_knowledge(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+            if knowledge is None:
+                return messages
+            out, shown["ids"] = knowledge.apply(messages, tokenizer, template.control_tokens)
+            return out
+
+        prompt = _fit(codec, history, context - params.max_new_tokens, len(opening), with_knowledge)
+        if shown.get("ids"):
+            print_fn(f"(knowledge base entries {', '.join(map(str, shown['ids']))})\n")
         if prompt is None:
             history.pop()
             print_fn("(that message is too long for this model's context)\n")
@@ -91,10 +104,11 @@ def _read(input_fn: Callable[[str], str], print_fn: Callable[[str], None]) -> st
             return text
 
 
-def _fit(codec: Codec, history: list[dict[str, str]], budget: int, keep: int) -> list[int] | None:
-    """Prompt ids for `history`, dropping the oldest turns (after the first `keep`) to fit `budget`."""
+def _fit(codec: Codec, history: list[dict[str, str]], budget: int, keep: int,
+         show: Callable[[list[dict[str, str]]], list[dict[str, str]]]) -> list[int] | None:
+    """Prompt ids for `show(history)`, dropping the oldest turns (after the first `keep`) to fit `budget`."""
     while True:
-        prompt = codec.chat_prompt(history)
+        prompt = codec.chat_prompt(show(history))
         if len(prompt) <= budget:
             return prompt
         if len(history) - keep <= 1:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from domaintune.models.codec import pad_id, single_token_id, stop_ids
 from domaintune.models.templates import ChatTemplate
 
 REPLACEMENT = "\ufffd"
@@ -44,19 +45,11 @@ class Codec:
 
     def __init__(self, tokenizer: Any, template: ChatTemplate) -> None:
         self.tokenizer, self.template = tokenizer, template
-        ids, strings = [], []
-        for text in template.stop:
-            token = _single_token(tokenizer, text)
-            if token is None:
-                strings.append(text)
-            else:
-                ids.append(token)
-        if tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
-        self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys(ids))
-        self.stop_strings: tuple[str, ...] = tuple(strings)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id: int = pad if pad is not None else 0
+        # The token rules of training and eval (models/codec.py), so a served reply stops where
+        # an evaluated one does.
+        self.stop_ids: tuple[int, ...] = stop_ids(template, tokenizer)
+        self.stop_strings: tuple[str, ...] = tuple(t for t in template.stop if single_token_id(tokenizer, t) is None)
+        self.pad_id: int = pad_id(tokenizer)
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Prompt ids for a conversation, ending with the assistant's generation header.
@@ -76,14 +69,6 @@ class Codec:
     def stream(self, extra_stops: Iterable[str] = ()) -> TextStream:
         """A `TextStream` for one generated row, stopping also on the request's `stop` strings."""
         return TextStream(self.tokenizer, self.stop_ids, (*self.stop_strings, *extra_stops))
-
-
-def _single_token(tokenizer: Any, text: str) -> int | None:
-    ids = tokenizer.convert_tokens_to_ids([text])
-    token = ids[0] if ids else None
-    if token is None or token == tokenizer.unk_token_id:
-        return None
-    return token
 
 
 class TextStream:

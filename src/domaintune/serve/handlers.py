@@ -83,7 +83,7 @@ def plan_chat(req: ChatRequest, served: ServedModels, options: ServeOptions) -> 
             raise ApiError(400, f"{param} contains the control token {forged!r}", param=param)
     retrieved, shown = None, messages
     if route.knowledge is not None:  # the entries the run trained with, rendered as in training
-        shown, retrieved = route.knowledge.apply(messages, served.tokenizer)
+        shown, retrieved = route.knowledge.apply(messages, served.tokenizer, served.template.control_tokens)
     try:
         prompt = served.codec.chat_prompt(shown)
     except UserError as err:

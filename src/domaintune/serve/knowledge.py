@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domaintune.errors import UserError
 from domaintune.methods.artifact import find_artifact, open_knowledge_base
 from domaintune.methods.base import METHOD_FILE
 from domaintune.models.choice import ChoiceTrie
@@ -38,10 +39,12 @@ class Knowledge:
     k: int
     max_tokens: int
 
-    def apply(self, messages: Sequence[Mapping[str, str]], tokenizer: Any) -> tuple[list[dict[str, str]], list[int]]:
-        """`messages` with the entries for their last user message, and those entries' ids."""
+    def apply(self, messages: Sequence[Mapping[str, str]], tokenizer: Any,
+              forbidden: Sequence[str] = ()) -> tuple[list[dict[str, str]], list[int]]:
+        """`messages` with the entries for their last user message, and the ids of those shown."""
         hits = self.kb.search([query_text(messages)], self.k)[0]
-        return with_context(messages, render_context(hits, tokenizer, self.max_tokens)), [h.entry.id for h in hits]
+        block, shown = render_context(hits, tokenizer, self.max_tokens, forbidden)
+        return with_context(messages, block), [h.entry.id for h in shown]
 
 
 def run_extras(folder: Path, kb_changed_ok: bool = False) -> tuple[tuple[str, ...] | None, Knowledge | None]:
@@ -58,7 +61,11 @@ def run_extras(folder: Path, kb_changed_ok: bool = False) -> tuple[tuple[str, ..
     if record is None:
         return labels, None
     kb = open_knowledge_base(record, allow_changed=kb_changed_ok)
-    return labels, Knowledge(kb, int(record["k"]), int(record["max_tokens"]))
+    try:
+        return labels, Knowledge(kb, int(record["k"]), int(record["max_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError("the run's retrieval.json lacks k or max_tokens", file=str(folder),
+                        hint="train the run again") from None
 
 
 class ChoiceTries:
@@ -67,9 +74,23 @@ class ChoiceTries:
     def __init__(self, template: Any, tokenizer: Any) -> None:
         self.template, self.tokenizer = template, tokenizer
         self._kept: OrderedDict[tuple[str, ...], ChoiceTrie] = OrderedDict()
+        self._pinned: dict[tuple[str, ...], ChoiceTrie] = {}
+
+    def pin(self, choices: Sequence[str]) -> ChoiceTrie:
+        """Build a served model's own answer set once, at start-up (never evicted).
+
+        Raises:
+            UserError: this template cannot decode inside the set.
+        """
+        key = tuple(choices)
+        if key not in self._pinned:
+            self._pinned[key] = ChoiceTrie.build(key, self.template, self.tokenizer)
+        return self._pinned[key]
 
     def get(self, choices: Sequence[str]) -> ChoiceTrie:
         key = tuple(choices)
+        if key in self._pinned:
+            return self._pinned[key]
         if key in self._kept:
             self._kept.move_to_end(key)
             return self._kept[key]

@@ -9,12 +9,14 @@ layer list cut to the trained part for the duration of the step. The first epoch
 did; each later one costs only the top layers (the LM head already runs on answer positions only).
 
 It applies only where it is exact: no trainable parameter below the cut (embeddings included), no
-NEFTune noise, no virtual tokens (prompt/prefix tuning), and a model whose forward does nothing
-to `inputs_embeds` before the first layer (LLaMA, Qwen2, Mistral, Qwen3, DeepSeek-V3; Gemma scales
+NEFTune noise, no dropout in the model's own layers (the cache is computed in eval mode), no
+virtual tokens (prompt/prefix tuning), the plain answer loss (a distillation teacher reads the
+batch too and needs its own embeddings), and a model whose forward does nothing to
+`inputs_embeds` before the first layer (LLaMA, Qwen2, Mistral, Qwen3, DeepSeek-V3; Gemma scales
 them, so it is left out). Before training, one batch is run both ways in eval mode; if the losses
 differ by more than `CHECK_RTOL` the cache is dropped and training goes on the ordinary way. The
 states are kept in the model's dtype on its device; above `MAX_CACHE_FRACTION` of the free memory
-the cache is not built.
+the cache is not built (a resume follows the decision its run made, so it takes the same path).
 
     prefix = FrozenPrefix.build(model, examples, batch_tokens=2048)   # None where it does not apply
     with prefix.top_only():
@@ -79,10 +81,12 @@ class FrozenPrefix:
     @classmethod
     def build(cls, model: nn.Module, examples: Sequence[Example], batch_tokens: int, *, neftune: bool = False,
               prompt_learning: bool = False, free_bytes: int | None = None) -> FrozenPrefix | None:
-        """The cache for `examples`, or None where it does not apply (see the module docstring)."""
+        """The cache for `examples`, or None where it does not apply (see the module docstring).
+
+        `free_bytes` None skips the memory check (a resume of a run that used the cache)."""
         cut = first_trained_layer(model)
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
-        if not cut or neftune or prompt_learning or config.model_type not in SUPPORTED:
+        if not cut or neftune or prompt_learning or config.model_type not in SUPPORTED or _has_dropout(config):
             return None
         param = next(model.parameters())
         need = sum(len(ex) for ex in examples) * config.hidden_size * param.element_size()
@@ -139,6 +143,12 @@ class FrozenPrefix:
                         cached, plain)
             return False
         return True
+
+
+def _has_dropout(config: Any) -> bool:
+    names = ("attention_dropout", "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+             "resid_pdrop", "embd_pdrop", "attn_pdrop")
+    return any(float(getattr(config, name, 0.0) or 0.0) > 0 for name in names)
 
 
 def _owner(model: nn.Module, layers: nn.ModuleList) -> tuple[nn.Module, str]:

@@ -34,6 +34,7 @@ from rich.console import Console
 from domaintune.config import TrainConfig
 from domaintune.errors import UserError
 from domaintune.methods.base import trainable_report
+from domaintune.models.codec import pad_id as codec_pad_id
 from domaintune.train.data import load_split
 from domaintune.train.distributed import Dist, broadcast_parameters, init_distributed, rank_seed
 from domaintune.train.inputs import build_inputs
@@ -114,8 +115,7 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
         broadcast_parameters({n: p for n, p in model.named_parameters() if p.requires_grad}, dist)
         if not dist.main:  # dropout and noise differ between processes; process 0 draws as one process would
             seed_all(rank_seed(cfg.seed, dist))
-    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-    shared = Shared(model, method, pad_id, recipe_yaml, loss_fn or causal_lm_loss, model_path, callbacks, progress,
+    shared = Shared(model, method, codec_pad_id(tokenizer), recipe_yaml, loss_fn or causal_lm_loss, model_path, callbacks, progress,
                     peak_flops, dist, select_by if not cfg.stages else LOSS, task_metric)
     if cfg.stages:
         return run_stages(shared, configs, inputs, Path(run_dir), resume, force)

@@ -281,16 +281,22 @@ class Run:
 
     def _start_frozen_cache(self) -> None:
         """Compute the frozen layers' output once per example when only the top layers train."""
-        if not self.cfg.cache_frozen:
+        from domaintune.train.loss import causal_lm_loss
+
+        extra = self.state.extra
+        if not self.cfg.cache_frozen or self.loss_fn is not causal_lm_loss or extra.get("frozen_cache") is False:
+            extra.setdefault("frozen_cache", False)
             return
         from domaintune.train.frozen import FrozenPrefix
         from domaintune.train.summary import available_memory
 
         started = time.perf_counter()
+        # A resumed run that used the cache builds it again whatever memory is free now: same path, same numbers.
+        free = None if extra.get("frozen_cache") else available_memory(next(self.model.parameters()).device)[0]
         prefix = FrozenPrefix.build(self.model, self.train_ex, self.cfg.batch_tokens,
                                     neftune=self.cfg.neftune_alpha is not None,
-                                    prompt_learning=not packing_supported(self.model),
-                                    free_bytes=available_memory(next(self.model.parameters()).device)[0])
+                                    prompt_learning=not packing_supported(self.model), free_bytes=free)
+        extra["frozen_cache"] = prefix is not None
         self.data.prefix = prefix
         if prefix is not None:
             self._say(f"frozen layers 0-{prefix.cut - 1}: computed once for {len(self.train_ex):,} examples "
@@ -351,7 +357,8 @@ class Run:
             if self.state.step == REPLAN_AFTER_STEPS:
                 self._fit_to_budget()
             budget = self.cfg.time_budget
-            out_of_time = budget is not None and self._elapsed() >= budget
+            # Process 0's clock decides, so every process stops at the same step.
+            out_of_time = broadcast_object(budget is not None and self._elapsed() >= budget, self.dist)
             improved, patience_out = self._validate_if_due(callbacks, last=out_of_time)
             done = self.state.step >= self.total_steps
             reason = ("early_stopping" if patience_out else "completed" if done
@@ -387,7 +394,12 @@ class Run:
         budget, total = self.cfg.time_budget, self.total_steps
         if budget is not None and "budget_total_steps" not in extra:
             val_s = extra.get("validation_seconds", 0.0) if self.val_batches else 0.0
-            fitted = steps_within_budget(budget, self._elapsed(), step, per_step, val_s, self.eval_every, total)
+            fitted = total
+            for _ in range(3):  # with eval_every: auto the validations follow the fitted length
+                every = self.cfg.eval_every if isinstance(self.cfg.eval_every, int) else \
+                    max(1, math.ceil(fitted / AUTO_VALIDATIONS))
+                fitted = min(fitted, steps_within_budget(budget, self._elapsed(), step, per_step, val_s, every, total))
+            fitted = broadcast_object(fitted, self.dist)  # process 0's measurements decide for all
             extra["budget_total_steps"] = fitted
             if fitted < total:
                 self._set_schedule(fitted)
@@ -482,7 +494,8 @@ class Run:
         value = loss
         if self.task_metric is not None and self.selector.metric != LOSS:
             self.model.eval()  # no dropout while decoding; the metric draws no random numbers
-            scores = self.task_metric(self.model)
+            # Process 0 decodes; every process selects and stops by its scores.
+            scores = broadcast_object(self.task_metric(self.model) if self.dist.main else None, self.dist)
             self.model.train()
             record.update({f"val_{name}": score for name, score in scores.items()})
             value = scores[self.selector.metric]

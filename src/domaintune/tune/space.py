@@ -2,8 +2,9 @@
 
 Learning rate (log scale), passes over the data, LoRA rank and alpha (as a multiple of the rank)
 and the packed tokens per micro-batch: the knobs the fine-tuning guides our users follow ask to
-search. Trial 0 is always the recipe as it is (`baseline_params`), so the search can only find
-something at least as good as the defaults on validation.
+search. Trial 0 is the recipe's own values in these terms (`baseline_params`: its learning rate,
+rank, alpha and batch, and the epochs its `epochs` setting resolves to), so the search starts
+from the defaults.
 
     params = suggest(trial, recipe.train)          # {"learning_rate": 6e-4, "epochs": 4, ...}
     overrides = to_overrides(params)                # ["train.learning_rate=0.0006", ...]

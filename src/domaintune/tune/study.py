@@ -35,8 +35,12 @@ def open_study(out: Path, direction: str, seed: int) -> Any:
 
         raise UserError(f"the study in this folder {study.direction.name.lower()}s; this search would {direction}",
                         file=str(out / STUDY_FILE), hint="use a new output folder for a search by another metric")
+    import datetime
+
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        if trial.datetime_start is not None:  # its time counts against the budget too
+            add_spent(study, (datetime.datetime.now() - trial.datetime_start).total_seconds())
     return study
 
 

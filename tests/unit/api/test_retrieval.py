@@ -71,10 +71,27 @@ def test_serve_reads_the_same_base_refuses_a_changed_one_and_answers_with_ids(ru
     kb_file = result.run_dir / "kb" / ENTRIES
     kb_file.write_text(kb_file.read_text() + "\n")
     try:
-        with pytest.raises(UserError, match="changed"):
+        with pytest.raises(UserError, match="changed"):  # a file edited behind the manifest's back
             load_served(str(tiny_llama), {"icd": result.run_dir}, template="chatml")
     finally:
         kb_file.write_text(kb_file.read_text()[:-1])
+
+
+def test_a_valid_but_different_knowledge_base_is_refused_unless_told(run, tiny_llama, tmp_path):
+    import shutil
+
+    from domaintune.data.kb import KnowledgeBase, entries_from_records
+    from domaintune.serve.adapters import load_served
+
+    _, result = run
+    copy = tmp_path / "copy"
+    shutil.copytree(result.run_dir, copy)
+    rows = [{"messages": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "x"}]}]
+    KnowledgeBase.build(entries_from_records(rows)).save(copy / "kb")  # a whole, different base
+    with pytest.raises(UserError, match="changed since training"):
+        load_served(str(tiny_llama), {"icd": copy}, template="chatml")
+    served = load_served(str(tiny_llama), {"icd": copy}, template="chatml", kb_changed_ok=True)
+    assert len(served.routes["icd"].knowledge.kb) == 1
 
 
 def test_completions_refuse_guided_choice(run, tiny_llama):

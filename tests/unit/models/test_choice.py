@@ -44,11 +44,15 @@ def _answer(tokenizer, ids):
 
 def test_answers_are_the_training_tokens(tiny_tokenizer, setup):
     template, trie, _ = setup
+    prompt = prompt_ids(template, tiny_tokenizer, [{"role": "user", "content": "?"}])
+    paths = {tuple(p) for p in _paths(trie)}
     for answer in ANSWERS:
         full, trained = template.encode([{"role": "user", "content": "?"}, {"role": "assistant", "content": answer}],
                                         tiny_tokenizer)
-        assert any(full[i:i + len(path)] == path for path in _paths(trie) for i in range(len(full)))
-    assert trie.depth == max(len(p) for p in _paths(trie)) and len(trie) == len(ANSWERS)
+        assert full[:len(prompt)] == prompt
+        answer_ids = [t for t, on in zip(full[len(prompt):], trained[len(prompt):]) if on]  # answer + end of turn
+        assert tuple(answer_ids) in paths
+    assert trie.depth == max(len(p) for p in paths) and len(trie) == len(ANSWERS) == len(paths)
 
 
 def _paths(trie):

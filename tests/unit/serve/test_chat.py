@@ -81,3 +81,19 @@ def test_a_message_longer_than_the_context_is_refused(parts):
     history = run(parts, terminal, max_context=40)
     assert [m["content"] for m in history][0] == "Hi"
     assert any("too long" in p for p in terminal.printed)
+
+
+def test_a_knowledge_base_goes_into_each_prompt_as_the_server_builds_it(parts):
+    from domaintune.data.kb import KnowledgeBase, entries_from_records
+    from domaintune.serve.knowledge import Knowledge
+
+    _, tokenizer, _, _ = parts
+    pairs = [{"messages": [{"role": "user", "content": f"case {w} pain"}, {"role": "assistant", "content": w}]}
+             for w in ("chest", "knee", "head")]
+    knowledge = Knowledge(KnowledgeBase.build(entries_from_records(pairs)), 2, 64)
+    terminal = Terminal("chest pain again")
+    history = run(parts, terminal, knowledge=knowledge)
+    shown, ids = knowledge.apply(history[:1], tokenizer)
+    assert f"(knowledge base entries {', '.join(map(str, ids))})" in "".join(terminal.printed)
+    assert terminal.replies() == [greedy(parts, shown)]
+    assert history[0]["content"] == "chest pain again"  # the history keeps the user's own words

@@ -74,8 +74,16 @@ def _run(model_dir, run_dir, records, cache):
                         records[0], records[1], cfg, run_dir, "train: {}\n", model_path=model_dir, progress=False)
 
 
+def _used_cache(run_dir) -> bool:
+    import json
+
+    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    return json.loads((last / "state.json").read_text())["extra"]["frozen_cache"]
+
+
 def test_a_run_with_the_cache_trains_like_one_without(tiny_llama, records, tmp_path):
     cached, plain = _run(tiny_llama, tmp_path / "a", records, True), _run(tiny_llama, tmp_path / "b", records, False)
+    assert _used_cache(tmp_path / "a") and not _used_cache(tmp_path / "b")
     assert cached.best_val_loss == pytest.approx(plain.best_val_loss, rel=1e-4)
 
 
@@ -103,6 +111,7 @@ def test_resume_with_the_cache_is_bit_identical(tiny_llama, records, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path / "resumed", callbacks=[_CrashAt(5)])
     run(tmp_path / "resumed", resume=True)
+    assert _used_cache(tmp_path / "straight") and _used_cache(tmp_path / "resumed")
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
