@@ -225,29 +225,56 @@ def main() -> None:
     parser.add_argument("--tune-budget", default="10m", help="wall time of each tune search (0: never tune)")
     parser.add_argument("--out", type=Path, default=Path("bench_out/quality"), help="work folder")
     parser.add_argument("--results", type=Path, default=None, help="write the results JSON here")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the tasks the results file already holds (same --quick), run the others")
     parser.add_argument("--docs", type=Path, default=None,
                         help="also write the table (quality_table.md) and plot (quality.png) into this folder")
     args = parser.parse_args()
     from domaintune.config.train import parse_duration
 
     args.tune_budget = parse_duration(args.tune_budget) if args.tune_budget != "0" else 0.0
-    started = time.perf_counter()
+    path = args.results or args.out / "results.json"
+    done = _finished_tasks(path, args) if args.resume else {}
     rows = []
     for name in args.tasks.split(","):
+        if name in done:
+            print(f"== {name}: kept from {path} ({done[name]['date']})", flush=True)
+            rows.append(done[name])
+            continue
         print(f"== {name}", flush=True)
-        rows.append(run_task(name, args.out, args))
+        with Clock() as clock:
+            row = run_task(name, args.out, args)
+        rows.append({**row, "date": time.strftime("%Y-%m-%d"), "wall_s": round(clock.wall, 1)})
         print(json.dumps(_brief(rows[-1])), flush=True)
-    results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
-               "wall_s": round(time.perf_counter() - started, 1), "quick": args.quick, "tasks": rows}
-    path = args.results or args.out / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        _write_results(path, args, rows)  # after every task: a stopped run keeps what it measured
+    results = _write_results(path, args, rows)
     print(render_table(results))
     if args.docs:
         args.docs.mkdir(parents=True, exist_ok=True)
         (args.docs / "quality_table.md").write_text(render_table(results) + "\n", encoding="utf-8")
         plot(results, args.docs / "quality.png")
     print(f"results: {path}  ({results['wall_s'] / 60:.1f} min)")
+
+
+def _write_results(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results JSON (written whole: a temporary file renamed into place). Each task carries its
+    own date and wall time, since a resumed run measures tasks on different days."""
+    results = {"command": " ".join(["python", *sys.argv]), "quick": args.quick,
+               "wall_s": round(sum(r.get("wall_s", 0.0) for r in rows), 1), "tasks": rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return results
+
+
+def _finished_tasks(path: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if results.get("quick") != args.quick:
+        raise SystemExit(f"{path} holds a {'quick' if results.get('quick') else 'full'} run: give another --results")
+    return {row["task"]: row for row in results["tasks"]}
 
 
 SYSTEMS = [("majority", "majority"), ("tfidf_lr", "TF-IDF + LR"), ("nearest", "nearest answer"),

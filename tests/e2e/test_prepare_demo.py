@@ -39,5 +39,6 @@ def test_cli_prepare_with_embedded_tokenizer_counts_template_tokens(tmp_path):
                                                  "split": {"train": 1.0, "val": 0.0, "test": 0.0}}})
     report = api.prepare(recipe, progress=False)
     tok = load_tokenizer("embedded")
-    expected = len(tok(get_template("auto", tok).render(conv["messages"]), add_special_tokens=False)["input_ids"])
+    # the template prepare resolved (for the embedded model, `auto` is plain ChatML)
+    expected = len(tok(get_template(recipe.model.template, tok).render(conv["messages"]), add_special_tokens=False)["input_ids"])
     assert report["tokens"]["max"] == expected

@@ -77,6 +77,17 @@ def with_context(messages: Sequence[Mapping[str, str]], block: str) -> list[dict
     return out
 
 
+QUESTION_KEY = "question"
+
+
+def question_text(record: Mapping[str, Any]) -> str:
+    """The last user message of a record as the user wrote it (before any retrieved block)."""
+    metadata = record.get("metadata") or {}
+    if QUESTION_KEY in metadata and "retrieved" in metadata:
+        return str(metadata[QUESTION_KEY])
+    return query_text(record.get("messages") or [])
+
+
 def query_text(messages: Sequence[Mapping[str, str]]) -> str:
     """What a conversation is looked up by: its last user message."""
     users = [m.get("content", "") for m in messages if m.get("role") == "user"]
@@ -96,7 +107,9 @@ def augment_records(records: Sequence[Mapping[str, Any]], kb: KnowledgeBase, tok
             from the same split: the record itself and its duplicates).
         forbidden: control tokens no shown entry may hold (`render_context`).
 
-    `metadata.retrieved` lists the entries the prompt shows (those that fit the budget).
+    `metadata.retrieved` lists the entries the prompt shows (those that fit the budget), and
+    `metadata.question` keeps the user's message as it was before the block (`question_text`), so
+    an evaluation with retrieval pairs with one without.
     """
     chats = [r for r in records if "messages" in r]
     queries = [query_text(_before_answer(r["messages"])) for r in chats]
@@ -108,7 +121,8 @@ def augment_records(records: Sequence[Mapping[str, Any]], kb: KnowledgeBase, tok
             out.append(dict(record))
             continue
         block, shown = render_context(next(found), tokenizer, max_tokens, forbidden)
-        metadata = {**(record.get("metadata") or {}), "retrieved": [h.entry.id for h in shown]}
+        metadata = {**(record.get("metadata") or {}), "retrieved": [h.entry.id for h in shown],
+                    QUESTION_KEY: query_text(record["messages"])}
         out.append({**record, "messages": with_context(record["messages"], block), "metadata": metadata})
     return out
 

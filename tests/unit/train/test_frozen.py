@@ -101,7 +101,7 @@ def test_resume_with_the_cache_is_bit_identical(tiny_llama, records, tmp_path):
 
     def run(folder, **kwargs):
         tokenizer = load_tokenizer(tiny_llama)
-        cfg = TrainConfig(max_steps=6, learning_rate=1e-2, batch_tokens=64, grad_accum=2, eval_every=3, save_every=2,
+        cfg = TrainConfig(max_steps=6, learning_rate=1e-2, batch_tokens=128, grad_accum=2, eval_every=3, save_every=2,
                           threads=1, method=LoraOptions(r=4, dropout=0.1, layers="top:1"))
         return run_training(load_model(tiny_llama), tokenizer, get_template("chatml"), get_method("lora"),
                             cfg.method, records[0], records[1], cfg, folder, "train: {}\n", model_path=tiny_llama,
@@ -115,3 +115,11 @@ def test_resume_with_the_cache_is_bit_identical(tiny_llama, records, tmp_path):
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_that_sees_its_examples_about_once_goes_without(tiny_llama, records, tmp_path):
+    tokenizer = load_tokenizer(tiny_llama)
+    cfg = TrainConfig(max_steps=1, learning_rate=1e-2, batch_tokens=64, threads=1, method=FreezeOptions(train_top=1))
+    run_training(load_model(tiny_llama), tokenizer, get_template("chatml"), get_method("freeze"), cfg.method,
+                 records[0], records[1], cfg, tmp_path, "train: {}\n", model_path=tiny_llama, progress=False)
+    assert not _used_cache(tmp_path)  # building it would cost a pass over all 20 examples for a few of them
