@@ -13,7 +13,7 @@ from domaintune.api.data import resolve_path
 
 
 def export(run_dir: str, fmt: str, output_dir: str, *, quant: str | None = None, data: str | None = None,
-           samples: int = 8):
+           samples: int = 8, trust_remote_code: bool = False):
     """Write a run in an deployable format and check parity with base + adapter.
 
     Args:
@@ -23,6 +23,8 @@ def export(run_dir: str, fmt: str, output_dir: str, *, quant: str | None = None,
         quant: for gguf: "f16" or "q8_0".
         data: prepared chat records for the parity prompts and the metric (default: built-in prompts).
         samples: parity prompts.
+        trust_remote_code: run model code shipped with the base folder (the user's choice only: the
+            run folder's recipe is not trusted for it).
 
     Returns:
         The `ExportReport` (size, speed, parity and metric per variant).
@@ -31,7 +33,8 @@ def export(run_dir: str, fmt: str, output_dir: str, *, quant: str | None = None,
     from domaintune.train.data import load_split
 
     records = list(load_split(resolve_path(data))) if data else None
-    return run_export(run_dir, fmt, output_dir, quant=quant, eval_records=records, samples=samples)
+    return run_export(run_dir, fmt, output_dir, quant=quant, eval_records=records, samples=samples,
+                      trust_remote_code=trust_remote_code)
 
 
 def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *, template: str = "auto",

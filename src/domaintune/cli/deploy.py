@@ -22,12 +22,15 @@ def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output-dir", required=True, help="the export folder")
     p.add_argument("--data", help="prepared chat records for the parity prompts and metric (e.g. test.jsonl)")
     p.add_argument("--samples", type=int, default=8, help="parity prompts (default: 8)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run model code shipped with the base folder (never taken from the run's recipe)")
 
 
 def run_export(a: argparse.Namespace) -> int:
     from domaintune import api
 
-    report = api.export(a.run_dir, a.format, a.output_dir, quant=a.quant, data=a.data, samples=a.samples)
+    report = api.export(a.run_dir, a.format, a.output_dir, quant=a.quant, data=a.data, samples=a.samples,
+                        trust_remote_code=a.trust_remote_code)
     print(report.to_markdown())
     return 0
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -198,6 +199,10 @@ class TrainConfig(Section):
                              "in separate recipes")
         if len(set(self.domains)) != len(self.domains):
             raise ValueError("train.domains lists a domain twice")
+        for name in self.domains:  # each becomes a folder name of the run (and is replaced on re-runs)
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or ".." in name:
+                raise ValueError(f"train.domains: {name!r} is not a plain folder name (letters, digits, '.', '_', "
+                                 "'-'; no '/', no '..')")
         return self
 
     def stage_configs(self) -> list[TrainConfig]:

@@ -85,7 +85,7 @@ def check_format(fmt: str, quant: str | None) -> str | None:
 
 def run_export(run_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], quant: str | None = None,
                eval_records: Sequence[Mapping[str, Any]] | None = None, *, samples: int = 8,
-               max_new_tokens: int = 32, name: str | None = None) -> ExportReport:
+               max_new_tokens: int = 32, name: str | None = None, trust_remote_code: bool = False) -> ExportReport:
     """Export a training run and check the result against base+adapter.
 
     Args:
@@ -98,6 +98,7 @@ def run_export(run_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike
         samples: parity prompts used.
         max_new_tokens: the longest greedy continuation compared.
         name: the served model name in the printed commands (default: the run folder's name).
+        trust_remote_code: the user's choice (never the run recipe's, see `source.open_run`).
 
     Returns:
         The report, also written to OUT/export_report.json and OUT/export_report.md.
@@ -114,7 +115,7 @@ def run_export(run_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike
     if samples < 1 or max_new_tokens < 1:
         raise UserError(f"need at least 1 parity prompt and 1 new token, got {samples} and {max_new_tokens}",
                         hint="pass samples >= 1 and max_new_tokens >= 1")
-    run = source.open_run(run_dir)
+    run = source.open_run(run_dir, trust_remote_code)
     ctx = _context(run, _output_folder(out, fmt), quant, name or run.run_dir.resolve().name, max_new_tokens)
     merged = _merged_checked(ctx, fmt)  # before the slow reference decoding, so bad input fails fast
     cases = parity.cases_from_records(eval_records, samples)

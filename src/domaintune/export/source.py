@@ -31,7 +31,7 @@ class TrainedRun:
         run_dir: the run folder.
         base: the base-model spec from the recipe ("embedded", a folder or a .gguf).
         template_name: the recipe's chat template name ("auto", "chatml", ...).
-        trust_remote_code: the recipe's setting, passed on to every load.
+        trust_remote_code: the user's setting (not the recipe's), passed on to every load.
         method: the saved method's name, e.g. "lora".
         artifact: the saved folder (`RUN_DIR/adapter` or `RUN_DIR/model`).
     """
@@ -49,11 +49,13 @@ class TrainedRun:
         return (self.artifact / "adapter_config.json").is_file()
 
 
-def open_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
+def open_run(run_dir: str | os.PathLike[str], trust_remote_code: bool = False) -> TrainedRun:
     """Read a run folder's recipe and find its trained artifact.
 
     Args:
         run_dir: the folder `domaintune train` wrote, or its `adapter/` or `model/` folder.
+        trust_remote_code: the user's own choice (`--trust-remote-code`); never taken from the run's
+            recipe, since a run folder from elsewhere could otherwise run its code on this machine.
 
     Returns:
         The run's facts; nothing heavy is loaded.
@@ -81,7 +83,7 @@ def open_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
         raise UserError(f"'{folder}' holds neither adapter/ nor model/: the run has not saved its result",
                         hint="let `domaintune train` finish, or resume it with --resume")
     recipe = load_recipe(str(recipe_path))
-    return TrainedRun(folder, recipe.model.name, recipe.model.template, recipe.model.trust_remote_code,
+    return TrainedRun(folder, recipe.model.name, recipe.model.template, trust_remote_code,
                       saved_method(artifact), artifact)
 
 

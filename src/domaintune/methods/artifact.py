@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from domaintune.errors import UserError
+from domaintune.files import write_json_atomic
 from domaintune.methods.base import check_base, get_method, read_method_file
 
 RECIPE_FILE = "recipe.resolved.yaml"  # written by train/loop.py next to adapter/ or model/
@@ -108,15 +109,10 @@ def write_retrieval(folder: Path, record: dict[str, Any] | None) -> None:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    import json
-
     if value is None:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, value)
 
 
 def read_json(path: Path) -> Any:

@@ -31,6 +31,7 @@ from torch import nn
 from domaintune.config import LoraOptions
 from domaintune.errors import UserError
 from domaintune.methods.base import register, write_method_file
+from domaintune.models.load import check_adapter_folder
 
 
 def resolve_targets(model: nn.Module, target_modules: list[str] | str) -> list[str]:
@@ -118,8 +119,7 @@ def save_peft(model: nn.Module, out_dir: Path, name: str) -> None:
 
 def load_peft(base_model: nn.Module, out_dir: Path) -> nn.Module:
     """Wrap `base_model` with the PEFT adapter saved in `out_dir` (inference mode)."""
-    if not (Path(out_dir) / "adapter_config.json").is_file():
-        raise UserError(f"'{out_dir}' holds no adapter_config.json", hint="point at a folder a peft method saved")
+    check_adapter_folder(out_dir)
     with v5_names_as_given():
         return PeftModel.from_pretrained(base_model, str(out_dir))
 

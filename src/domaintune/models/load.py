@@ -160,6 +160,26 @@ def _check_folder(path: Path) -> None:
                     hint="save the model with save_pretrained, which writes safetensors")
 
 
+def check_adapter_folder(path: str | os.PathLike[str]) -> Path:
+    """Refuse an adapter folder whose weights are not safetensors (`adapter_model.bin` is a pickle:
+    PEFT would load it through `torch.load`, which can run code).
+
+    Raises:
+        UserError: no adapter_config.json, or no adapter_model.safetensors.
+    """
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"'{path}' holds no adapter_config.json", hint="point at a folder a peft method saved")
+    if (path / "adapter_model.safetensors").is_file():
+        return path
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(f"refusing pickle adapter weights in '{path}' ({', '.join(pickles)}): loading them can run "
+                        "arbitrary code", hint="convert them on a machine you trust: load with peft, then "
+                        "save_pretrained(safe_serialization=True) writes adapter_model.safetensors")
+    raise UserError(f"'{path}' has no adapter_model.safetensors", hint="save the adapter with save_pretrained")
+
+
 # ---- GGUF conversion ---------------------------------------------------------------------------
 
 def _embedded_gguf() -> Path:

@@ -31,7 +31,7 @@ import torch
 from domaintune.errors import UserError
 from domaintune.methods.artifact import find_artifact
 from domaintune.methods.base import METHOD_FILE, get_method, read_method_file
-from domaintune.models.load import load_model, load_tokenizer
+from domaintune.models.load import check_adapter_folder, load_model, load_tokenizer
 from domaintune.models.templates import ChatTemplate, get_template
 from domaintune.serve.codec import Codec
 from domaintune.serve.knowledge import ChoiceTries, Knowledge, run_extras
@@ -274,6 +274,7 @@ def _stack_lora(shared: Any, folder: Path, name: str) -> Any:
 
     from domaintune.methods.lora import v5_names_as_given
 
+    check_adapter_folder(folder)
     try:
         with v5_names_as_given():
             if isinstance(shared, PeftModel):
@@ -291,6 +292,7 @@ def _own_copy(base: Any, folder: Path, name: str) -> Any:
         return method.load(base, folder).eval()
     from peft import PeftModel  # a plain PEFT folder of another kind (IA3, prefix, prompt)
 
+    check_adapter_folder(folder)
     try:
         return PeftModel.from_pretrained(base, str(folder), adapter_name=name).eval()
     except (RuntimeError, ValueError, KeyError) as err:

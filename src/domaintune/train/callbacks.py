@@ -133,29 +133,34 @@ class ProgressBar:
 
 
 class GracefulStop:
-    """Ctrl-C while training: the first sets `requested` (the loop checkpoints and stops after the
-    current micro-batch), a second raises KeyboardInterrupt at once. Installed only in the main
-    thread, the only one Python delivers signals to; the previous handler is put back on close.
+    """Ctrl-C or SIGTERM while training (Kubernetes, SLURM and torchrun stop jobs with SIGTERM): the
+    first sets `requested` (the loop checkpoints and stops after the current micro-batch), a second
+    raises KeyboardInterrupt at once. Installed only in the main thread, the only one Python delivers
+    signals to; the previous handlers are put back on close.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def on_train_start(self, info: dict[str, Any]) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("interrupted: saving a checkpoint after this micro-batch (Ctrl-C again to stop now)")
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        log.warning("%s: saving a checkpoint after this micro-batch (Ctrl-C again to stop now)", what)
 
     def on_close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:

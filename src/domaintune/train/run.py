@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 
 from domaintune.config import TrainConfig
 from domaintune.errors import UserError
+from domaintune.files import write_text_atomic
 from domaintune.methods.base import decoder_layers
 from domaintune.methods.groups import LayerGroup, clip_grad_norms, param_groups, parse_layer_spec
 from domaintune.train import summary as facts
@@ -51,6 +52,8 @@ from domaintune.train.resume_checks import check_free_disk, check_resume_recipe
 from domaintune.train.rng import capture_rng, restore_rng
 from domaintune.train.selection import LOSS, Selector, TaskMetric
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune
+
+MIN_CACHE_PASSES = 1.5  # epochs below which the frozen-layer cache costs more than it saves
 
 log = logging.getLogger(__name__)
 AUTO_VALIDATIONS = 6  # validations per run with eval_every: auto
@@ -271,11 +274,11 @@ class Run:
             log.warning("no complete checkpoint in %s; starting from scratch", self.run_dir)
         elif not resume:
             clear_old_checkpoints(self.run_dir, force, self.dist)
-        if self.dist.main:
-            (self.run_dir / RECIPE_FILE).write_text(self.recipe_yaml, encoding="utf-8")
         restored = resume and latest is not None
         if restored:
             self._restore(latest, force)
+        if self.dist.main:  # only once the resume checks passed: a refused resume keeps the run's own recipe
+            write_text_atomic(self.run_dir / RECIPE_FILE, self.recipe_yaml)
         self._start_ewc(restored)
         self._start_frozen_cache()
 
@@ -286,6 +289,11 @@ class Run:
         extra = self.state.extra
         if not self.cfg.cache_frozen or self.loss_fn is not causal_lm_loss or extra.get("frozen_cache") is False:
             extra.setdefault("frozen_cache", False)
+            return
+        # Building costs one forward pass of the frozen layers over every example; it saves one per later
+        # visit, so a run that sees its examples fewer than MIN_CACHE_PASSES times goes without.
+        if "frozen_cache" not in extra and self.plan().epochs < MIN_CACHE_PASSES:
+            extra["frozen_cache"] = False
             return
         from domaintune.train.frozen import FrozenPrefix
         from domaintune.train.summary import available_memory

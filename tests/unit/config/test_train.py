@@ -102,3 +102,13 @@ def test_every_new_field_has_help_text():
             assert field_help(model, name), f"{model.__name__}.{name}"
     for name in ("replay", "ewc", "curriculum", "stages", "terms", "term_weight"):
         assert field_help(TrainConfig, name)
+
+
+@pytest.mark.parametrize("bad", ["..", "../run", "a/b", "/abs", ".hidden", "", "x" * 65])
+def test_domain_names_must_be_plain_folder_names(bad):
+    with pytest.raises(ValidationError, match="plain folder name"):
+        TrainConfig(domains=["icd", bad])
+
+
+def test_plain_domain_names_pass():
+    assert TrainConfig(domains=["cardiology", "law_v2", "fin-2026.q1"]).domains[0] == "cardiology"

@@ -15,6 +15,18 @@ def test_open_run_reads_recipe_and_method(lora_run, tiny_llama):
     assert open_run(lora_run / "adapter") == run  # the adapter folder stands for its run
 
 
+def test_a_run_recipe_cannot_turn_on_remote_code(lora_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "shared_run"
+    shutil.copytree(lora_run, copy)
+    recipe = copy / "recipe.resolved.yaml"
+    recipe.write_text(recipe.read_text().replace("model:\n", "model:\n  trust_remote_code: true\n", 1))
+    assert "trust_remote_code: true" in recipe.read_text()
+    assert open_run(copy).trust_remote_code is False  # only the user's --trust-remote-code turns it on
+    assert open_run(copy, trust_remote_code=True).trust_remote_code is True
+
+
 @pytest.mark.parametrize("layout, match", [
     ("missing", "not found"), ("no_recipe", "recipe.resolved.yaml"), ("no_artifact", "neither adapter/ nor model/")])
 def test_bad_run_folders_are_user_errors(layout, match, tmp_path, tiny_llama):

@@ -120,6 +120,20 @@ def test_pickle_weights_are_refused(tiny_llama, tmp_path):
     assert "safetensors" in err.value.hint
 
 
+def test_pickled_adapters_are_refused_by_every_loader(tiny_llama, tmp_path):
+    from domaintune.methods.lora import load_peft
+    from domaintune.serve.adapters import load_served
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}', encoding="utf-8")
+    (folder / "adapter_model.bin").write_bytes(b"never unpickled")  # torch.load would run what it holds
+    with pytest.raises(UserError, match="refusing pickle adapter weights"):
+        load_peft(load_model(tiny_llama), folder)
+    with pytest.raises(UserError, match="refusing pickle adapter weights"):
+        load_served(str(tiny_llama), {"a": folder}, template="chatml")
+
+
 def test_folder_without_config_is_refused(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         resolve_model(tmp_path)

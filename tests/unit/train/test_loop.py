@@ -185,7 +185,8 @@ def test_resume_after_a_crash_is_bit_identical(tiny_llama, tmp_path, records, re
     assert (tmp_path / "metrics.jsonl").read_text().count('"step": 5,') == 1  # the lost step is logged once
 
 
-def test_ctrl_c_mid_accumulation_then_resume_is_bit_identical(tiny_llama, tmp_path, records, reference):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_mid_accumulation_then_resume_is_bit_identical(tiny_llama, tmp_path, records, reference, signum):
     model = load_model(tiny_llama)
     calls = []
 
@@ -193,7 +194,7 @@ def test_ctrl_c_mid_accumulation_then_resume_is_bit_identical(tiny_llama, tmp_pa
         if module.training:
             calls.append(1)
             if len(calls) == 7:
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signum)
 
     model.get_input_embeddings().register_forward_hook(interrupt)
     tokenizer = load_tokenizer(tiny_llama)
@@ -214,6 +215,7 @@ def test_resume_refuses_a_changed_recipe_unless_forced(tiny_llama, tmp_path, rec
     changed = RECIPE.replace("0.01", "0.02")
     with pytest.raises(UserError, match="recipe changed.*learning_rate"):
         train(tiny_llama, tmp_path, cfg, records, recipe=changed, resume=True)
+    assert (tmp_path / "recipe.resolved.yaml").read_text() == RECIPE  # the refused one never replaced it
     result = train(tiny_llama, tmp_path, cfg, records, recipe=changed, resume=True, force=True)
     assert result.steps == 4 and (tmp_path / "recipe.resolved.yaml").read_text() == changed
 
