@@ -48,6 +48,10 @@ class PiiConfig(Section):
     kinds: list[Literal["email", "phone", "cn_id", "bank_card", "ip"]] = Field(
         default_factory=lambda: ["email", "phone", "cn_id", "bank_card", "ip"],
         description="Which kinds of personal data to mask.")
+    metadata: Literal["mask", "drop"] = Field(
+        "mask", description="Extra input fields kept in each record's metadata (a patient_email or phone column): "
+                            "'mask' their values like contents, or 'drop' them (label_field and split.stratify_by "
+                            "are kept, masked).")
 
 
 class DedupConfig(Section):
@@ -117,3 +121,6 @@ class PrepareConfig(Section):
     label_field: str | None = Field(
         None, description="Metadata field holding a class label: per-class counts and weights in the report.")
     seed: int = Field(0, description="Seed for splitting and mixing (same seed, same output).")
+    rejects_raw: bool = Field(
+        False, description="Write the unmasked input text into rejects.jsonl's 'raw' field (default: masked like "
+                           "the outputs); only for data you may keep in the clear.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import unicodedata
 
 import numpy as np
@@ -57,16 +58,63 @@ class _DropTable(dict):
 
 _DROP_TABLE = _DropTable()
 
+# Signs, separators and percent signs of numbers stay in the key, so "2.5 mg" != "25 mg", "1-2" !=
+# "12" and "-5" != "5"; each has one ASCII form (a full-width "．" or an en dash reads "." or "-").
+# The regex marks them with placeholder characters (bytes >= 0x80 in ASCII text, Unicode
+# noncharacters otherwise) that the drop pass turns back into their forms. Every pattern starts
+# with a character class, so `re` skips to the next digit or sign in C.
+_FORMS = ".,:/-+%"
+_MARK_FORMS = {**{c: c for c in _FORMS}, "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-",
+               "\u2212": "-", "\uff0b": "+", "\uff0c": ",", "\uff0d": "-", "\uff0e": ".", "\uff0f": "/",
+               "\uff1a": ":", "\uff05": "%"}
+_SEPS = "".join(re.escape(c) for c, form in _MARK_FORMS.items() if form != "%")
+_SIGNS = "".join(re.escape(c) for c in "-+\u2212\uff0b\uff0d")   # hyphens (U+2010-2013) are no signs
+
+
+def _mark_pattern(digit: str, space: str, word: str, seps: str, signs: str, percent: str) -> str:
+    # digit + separator(s) + digit (spaces around allowed); digit + "%"; a sign before a digit
+    # that does not follow a letter or digit ("-5", "(+3)", not "covid-19").
+    between = rf"{space}*(?:[{seps}]{space}*)+(?=[{digit}])"
+    return (rf"[{digit}{signs}](?:(?<=[{digit}])(?:{between}|{space}*[{percent}])"
+            rf"|(?<=[{signs}])(?<!{word}.)(?=[{digit}]))")
+
+
+_MARK = re.compile(_mark_pattern(r"\d", r"\s", r"\w", _SEPS, _SIGNS, "%\uff05"))
+_PH = {form: chr(0xFDD0 + i) for i, form in enumerate(_FORMS)}
+_MARK_TO_PH = {c: _PH[form] for c, form in _MARK_FORMS.items()}
+_DROP_PH = _DropTable({ord(ph): ord(form) for form, ph in _PH.items()})
+_DROP_KEEPING_MARKS = _DropTable({ord(c): ord(c) for c in _FORMS})   # after NFKC every mark is ASCII
+_ASCII_MARK = re.compile(_mark_pattern("0-9", r"[\t-\r\x1c-\x1f ]", "[A-Za-z0-9_]", re.escape(",.:/-+"),
+                                       r"\-+", "%").encode("ascii"))
+_B_TO_PH = bytes.maketrans(_FORMS.encode(), bytes(range(0x80, 0x80 + len(_FORMS))))
+_B_FROM_PH = bytes.maketrans(bytes(range(0x80, 0x80 + len(_FORMS))), _FORMS.encode())
+_B_SPACE = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+_DIGIT = re.compile(r"\d")
+
+
+def _ascii_placeholders(m: re.Match[bytes]) -> bytes:
+    g = m.group()
+    return g[:1] + g[1:].translate(_B_TO_PH, _B_SPACE) if g[:1].isdigit() else g.translate(_B_TO_PH)
+
+
+def _placeholders(m: re.Match[str]) -> str:
+    g = m.group()
+    if not g[0].isdecimal():
+        return _MARK_TO_PH[g]
+    return g[0] + "".join(_MARK_TO_PH[c] for c in g[1:] if c in _MARK_TO_PH)
 
 # A small cache because prepare calls exact_key(text) and then NearDuplicateIndex on the same
 # text; the second normalization becomes a dict hit (str hashes are cached on the object).
 @functools.lru_cache(maxsize=256)
 def normalize_for_dedup(text: str) -> str:
-    """Reduce a text to what dedup compares: case-folded letters, digits and marks only.
+    """Reduce a text to what dedup compares: case-folded letters, digits and marks, and numbers'
+    signs and separators.
 
     Punctuation, whitespace, symbols and control characters are dropped, for every script
-    (CJK, Cyrillic, Devanagari, ...). Compatibility forms are unified with NFKC, so a
-    full-width "Ａ１" matches "a1".
+    (CJK, Cyrillic, Devanagari, ...), except what changes a number's value: a separator between
+    digits (". , : / -", whatever spaces surround it), a "-" or "+" sign before a digit that
+    does not follow a letter or digit, and a "%" after a digit. Compatibility forms are unified
+    with NFKC, so a full-width "Ａ１" matches "a1".
 
     Args:
         text: any text.
@@ -77,13 +125,24 @@ def normalize_for_dedup(text: str) -> str:
     Example:
         >>> normalize_for_dedup("Hello,  World! 你好，世界。")
         'helloworld你好世界'
+        >>> normalize_for_dedup("Take 2.5 mg, -5 °C, 1 - 2 times")
+        'take2.5mg-5c1-2times'
     """
     if text.isascii():
-        return text.encode("ascii").lower().translate(None, _ASCII_DROP).decode("ascii")
-    norm = text.casefold().translate(_DROP_TABLE)
+        data = text.encode("ascii").lower()
+        kept = data.translate(None, _ASCII_DROP)
+        if kept.isalpha() or not kept:   # no digit: no number marks (the common, fast case)
+            return kept.decode("ascii")
+        return _ASCII_MARK.sub(_ascii_placeholders, data).translate(_B_FROM_PH, _ASCII_DROP).decode("ascii")
+    folded = text.casefold()
+    has_digit = _DIGIT.search(folded) is not None
+    norm = _MARK.sub(_placeholders, folded).translate(_DROP_PH) if has_digit else folded.translate(_DROP_TABLE)
     # The quick check is ~0.1 us; full NFKC runs only for text that has compatibility forms.
+    # It runs after the drop, so spaces or punctuation between a letter and its combining mark
+    # cannot change the result.
     if not unicodedata.is_normalized("NFKC", norm):
-        norm = unicodedata.normalize("NFKC", norm).casefold().translate(_DROP_TABLE)
+        table = _DROP_KEEPING_MARKS if has_digit else _DROP_TABLE
+        norm = unicodedata.normalize("NFKC", norm).casefold().translate(table)
     return norm
 
 

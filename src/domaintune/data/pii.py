@@ -18,7 +18,7 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from domaintune.errors import UserError
 
@@ -120,6 +120,42 @@ class PiiMasker:
             # changes; that keeps masking idempotent. Each pass removes digits or "@", so it ends.
             text = _apply(text, spans)
             counts.update(span.kind for span in spans)
+
+    def mask_values(self, value: Any) -> tuple[Any, Counter[str]]:
+        """Mask every string leaf of a JSON-like value (dicts and lists, at any depth), such as a
+        record's metadata; an integer whose digits are personal data (a phone number stored as a
+        number) becomes its placeholder string.
+
+        Args:
+            value: a JSON-like value; it is not modified.
+
+        Returns:
+            The masked copy and how many spans of each kind were masked.
+
+        Raises:
+            RecursionError: `value` is nested deeper than Python's recursion limit.
+
+        Example:
+            >>> PiiMasker().mask_values({"contact": ["a@b.cn"], "age": 54})
+            ({'contact': ['<EMAIL>'], 'age': 54}, Counter({'email': 1}))
+        """
+        counts: Counter[str] = Counter()
+        return self._mask_value(value, counts), counts
+
+    def _mask_value(self, value: Any, counts: Counter[str]) -> Any:
+        if isinstance(value, str):
+            masked, found = self(value)
+            counts.update(found)
+            return masked
+        if isinstance(value, dict):
+            return {k: self._mask_value(v, counts) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._mask_value(v, counts) for v in value]
+        if isinstance(value, int) and not isinstance(value, bool):
+            masked, found = self(str(value))
+            counts.update(found)
+            return masked if found else value
+        return value
 
     def _spans(self, text: str) -> list[_Span]:
         has_at = "@" in text

@@ -4,18 +4,24 @@ Rows stream through in batches (bounded memory): parse and clean (`process.py`),
 the model's tokenizer and template, drop exact duplicates, eval-set copies and near-duplicates, and
 spill what is kept to disk. Then the kept rows are split (stratified) and the training split is
 mixed to the asked source ratios. Dedup runs before splitting, so no near-copy straddles train and
-test; mixing runs after it, so up-sampled copies never leak into val/test.
+test; mixing runs after it, so up-sampled copies never leak into val/test. Everything is written
+into a temporary sibling of the output folder that replaces it only after the ledger check
+(`staging.py`), so a failed run leaves the previous outputs whole; a full disk or a file-size
+limit is one `UserError`.
 
     python -m domaintune prepare data.jsonl -o prepared/
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -30,10 +36,14 @@ from domaintune.data.rejects import Ledger, Origin, RejectSink
 from domaintune.data.report import build_report, write_report
 from domaintune.data.schema import record_text
 from domaintune.data.split import assign_splits
+from domaintune.data.staging import staged_folder
 from domaintune.errors import UserError
 
 TokenCounter = Callable[[Sequence[dict]], list[int]]
 SPLITS = ("train", "val", "test")
+# What prepare writes into its output folder; anything else found there is carried over.
+OWNED = frozenset({*(f"{s}.jsonl" for s in SPLITS), "rejects.jsonl", "duplicates.jsonl", "report.json",
+                   "report.md", ".work"})
 BATCH = 2048
 # Tokenizing is the costliest step (~1M tokens/s on 2 cores), so after the first EXACT_ROWS records
 # only every SAMPLE_EVERY-th is counted for the length percentiles. Rows that could break
@@ -92,17 +102,49 @@ def prepare_data(cfg: PrepareConfig, processor: RowProcessor, count_tokens: Toke
 
     Returns:
         The report (also written to report.json and report.md).
+
+    Raises:
+        UserError: bad settings, an unreadable input, or outputs that cannot be written (full
+            disk, file-size limit); the previous outputs are then left as they were.
     """
     started = time.perf_counter()
-    out = Path(cfg.output_dir)
-    work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
     _check_mix_sources(cfg)
+    processor = _with_metadata_policy(processor, cfg)
+    try:
+        with staged_folder(Path(cfg.output_dir), OWNED) as stage:
+            return _prepare_into(stage, cfg, processor, count_tokens, tokenizer, progress, started)
+    except OSError as err:
+        raise _write_error(err, cfg.output_dir) from None
+
+
+def _with_metadata_policy(processor: RowProcessor, cfg: PrepareConfig) -> RowProcessor:
+    keep = tuple(f for f in (cfg.label_field, cfg.split.stratify_by) if f)
+    if (processor.metadata, processor.keep_metadata) == (cfg.pii.metadata, keep):
+        return processor
+    return dataclasses.replace(processor, metadata=cfg.pii.metadata, keep_metadata=keep)
+
+
+def _write_error(err: OSError, out: str) -> UserError:
+    hints = {errno.ENOSPC: "free space on that disk, or write to another disk with -o",
+             errno.EDQUOT: "free space within your disk quota, or write to another disk with -o",
+             errno.EFBIG: "a file grew past the file-size limit: raise it (`ulimit -f unlimited`) or use "
+                          "a filesystem that allows larger files",
+             errno.EACCES: "make the folder writable, or choose another with -o",
+             errno.EROFS: "the disk is read-only: choose another folder with -o"}
+    where = f" ({err.filename})" if err.filename else ""
+    return UserError(f"cannot write the prepared data{where}: {err.strerror or err}", file=out,
+                     hint=hints.get(err.errno, "check the output folder and its disk, or choose another with -o"))
+
+
+def _prepare_into(out: Path, cfg: PrepareConfig, processor: RowProcessor, count_tokens: TokenCounter | None,
+                  tokenizer: Any, progress: Callable[[int], None] | None, started: float) -> dict[str, Any]:
+    work = out / ".work"
+    work.mkdir()
     ledger, kept, lengths_over = Ledger(), Kept(), 0
-    sink = RejectSink(out, ledger)
+    sink = RejectSink(out, ledger, redact=None if cfg.rejects_raw else processor.redact)
     dedup = _build_deduper(cfg)
     try:
-        with open(work / "kept.jsonl", "w", encoding="utf-8") as spill:
+        with open(work / "kept.jsonl", "w", encoding="utf-8", newline="\n") as spill:
             for batch in _batches(_rows(cfg, ledger, progress), BATCH):
                 lengths_over += _consume(batch, cfg, processor, count_tokens, tokenizer, dedup, sink, kept, spill)
         split_of = assign_splits(kept.stratum, cfg.split.ratios, cfg.seed)
@@ -159,8 +201,9 @@ def _rows(cfg: PrepareConfig, ledger: Ledger, progress: Callable[[int], None] | 
         raise UserError("no input files", hint="give files: domaintune prepare data.jsonl -o out/")
     for spec in cfg.inputs:
         source = spec.source
-        for row in read_rows(spec.path, source, spec.file_type, spec.columns, spec.text_unit):
-            ledger.rows_in[source] += 1
+        tally = partial(ledger.count_file, source)
+        for row in read_rows(spec.path, source, spec.file_type, spec.columns, spec.text_unit, tally=tally):
+            ledger.count_row(source, row.file, row.line, row.last_line)
             if progress is not None:
                 progress(len(row.raw) + 1)
             yield row
@@ -276,9 +319,9 @@ def _mix_plan(cfg: PrepareConfig, kept: Kept, split_of: list[str]) -> dict[str, 
 def _write_outputs(out: Path, spill_path: Path, kept: Kept, split_of: list[str], copies: list[int],
                    sink: RejectSink) -> Counter[str]:
     written: Counter[str] = Counter()
-    files = {name: open(out / f"{name}.jsonl", "w", encoding="utf-8") for name in SPLITS}
+    files = {name: open(out / f"{name}.jsonl", "w", encoding="utf-8", newline="\n") for name in SPLITS}
     try:
-        with open(spill_path, encoding="utf-8") as spill:
+        with open(spill_path, encoding="utf-8", newline="\n") as spill:   # lines end at "\n" only
             for i, line in enumerate(spill):
                 split, n = split_of[i], copies[i]
                 if n == 0:

@@ -51,6 +51,9 @@ class RowProcessor:
         injection: "escape" or "reject" for content holding chat control tokens.
         extra_control_tokens: the model tokenizer's own special tokens, guarded too.
         last_turns: keep only the last K exchanges (0: all).
+        metadata: what happens to the extra input fields kept in each record's metadata: "mask"
+            their values like contents (with `pii_kinds`), or "drop" them.
+        keep_metadata: fields kept under "drop" (the label and stratify fields), masked.
     """
 
     record_format: str = "auto"
@@ -60,6 +63,8 @@ class RowProcessor:
     injection: str = "escape"
     extra_control_tokens: tuple[str, ...] = ()
     last_turns: int = 0
+    metadata: str = "mask"
+    keep_metadata: tuple[str, ...] = ()
     stats: TextStats = field(default_factory=TextStats)
 
     def __post_init__(self) -> None:
@@ -69,13 +74,14 @@ class RowProcessor:
 
     def __call__(self, row: RawRow) -> dict:
         if row.obj is None:
-            raise Rejected(row.error or "invalid_json", f"could not parse the row ({row.error})")
+            raise Rejected(row.error or "invalid_json", row.detail or f"could not parse the row ({row.error})")
         try:
             record = to_canonical(row.obj, self.record_format)
         except RecordError as err:
             raise Rejected(err.reason, err.detail) from None
         if self.last_turns and "messages" in record:
             record = keep_last_turns(record, self.last_turns)
+        record["metadata"] = self._metadata(record["metadata"])
         found: list[str] = []
         record = map_contents(record, self._transform_fn(found))
         if found:
@@ -84,6 +90,22 @@ class RowProcessor:
         if problem is not None:
             raise Rejected(*problem)
         return record
+
+    def redact(self, text: str) -> str:
+        """`text` with personal data masked (not counted in the stats): for rejects and logs."""
+        return self._masker(text)[0] if self._masker is not None else text
+
+    def _metadata(self, metadata: dict) -> dict:
+        if self.metadata == "drop":
+            metadata = {k: v for k, v in metadata.items() if k in self.keep_metadata}
+        if self._masker is None or not metadata:
+            return metadata
+        try:
+            metadata, counts = self._masker.mask_values(metadata)
+        except RecursionError:
+            raise Rejected("bad_field", "metadata is nested too deeply to be checked for personal data") from None
+        self.stats.pii.update(counts)
+        return metadata
 
     def _transform_fn(self, found: list[str]) -> Callable[[str, str], str]:
         def transform(role: str, text: str) -> str:

@@ -266,5 +266,6 @@ def read_eval(out_dir: Path) -> EvalResult:
         raise UserError("not an evaluation folder (no report.json / predictions.jsonl)", file=str(out_dir),
                         hint="run `domaintune eval ... -o DIR` first, or pass a model to compare")
     report = json.loads((out_dir / REPORT_FILE).read_text(encoding="utf-8"))
-    lines = (out_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    # Split on "\n" only: splitlines would also cut at U+2028/U+2029/\x85 left raw inside strings.
+    lines = (out_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").split("\n")
     return EvalResult(report, [json.loads(line) for line in lines if line.strip()])

@@ -67,7 +67,9 @@ def load_split(path: str | Path) -> Split:
                         hint="run `domaintune prepare` first, or set train.data_dir to its output folder")
     raw = file.read_bytes()
     records = []
-    for number, line in enumerate(raw.decode("utf-8-sig").splitlines(), 1):
+    # JSON Lines end at "\n" only (a "\r" before it is JSON whitespace): str.splitlines would also cut at
+    # U+2028, U+2029 or \x85, which json.dumps(ensure_ascii=False) leaves raw inside strings.
+    for number, line in enumerate(raw.decode("utf-8-sig").split("\n"), 1):
         if not line.strip():
             continue
         try:

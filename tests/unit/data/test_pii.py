@@ -220,3 +220,15 @@ def test_no_luhn_valid_card_number_survives(text: str) -> None:
     out, _ = MASK(text)
     for run in re.findall(r"(?<![0-9])[0-9]{13,19}(?![0-9])", out):
         assert not luhn_valid(run), (text, out)
+
+
+# --- nested values (record metadata) --------------------------------------------------------
+
+def test_mask_values_masks_every_string_leaf_and_integer_lookalikes() -> None:
+    value = {"patient_email": "a.b@example.com", "contact": ["call 13812345678", {"id": VALID_ID}],
+             "phone": 13812345678, "age": 54, "weight": 72.5, "ok": True, "none": None}
+    out, counts = MASK.mask_values(value)
+    assert out == {"patient_email": "<EMAIL>", "contact": ["call <PHONE>", {"id": "<ID_CARD>"}],
+                   "phone": "<PHONE>", "age": 54, "weight": 72.5, "ok": True, "none": None}
+    assert counts == Counter({"email": 1, "phone": 2, "cn_id": 1})
+    assert value["contact"][0] == "call 13812345678"          # the input is not changed

@@ -98,6 +98,16 @@ def test_jsonl_lone_surrogate_escape_is_invalid_utf8(tmp_path: Path) -> None:
     assert _summary(list(read_rows(path, "s"))) == [(1, "invalid_utf8", None), (2, None, {"text": "\U0001F600 ok"})]
 
 
+@pytest.mark.parametrize("data", [gzip.compress(b'{"text": "a"}\n' * 1000)[:-20], b"not gzip at all"],
+                         ids=["truncated", "not-gzip"])
+def test_truncated_or_bad_gzip_is_one_user_error(tmp_path: Path, data: bytes) -> None:
+    path = _write(tmp_path, "x.jsonl.gz", data)
+    with pytest.raises(UserError) as err:
+        list(read_rows(path, "s"))
+    assert err.value.file == path and "gzip" in err.value.message and err.value.hint
+    assert "\n" not in str(err.value)
+
+
 def test_jsonl_gzip_and_column_mapping(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl.gz"
     path.write_bytes(gzip.compress(b'{"q": "hi", "a": "yo", "id": 1}\n'))
@@ -160,11 +170,11 @@ def test_json_single_record_object_is_one_row(tmp_path: Path) -> None:
     assert _summary(rows) == [(1, None, {"messages": [{"role": "user", "content": "hi"}]})]
 
 
-def test_json_broken_array_keeps_the_elements_before_the_error(tmp_path: Path) -> None:
+def test_json_broken_array_keeps_the_elements_around_the_error(tmp_path: Path) -> None:
     text = b'[\n {"text": "a"},\n {"text": "b",\n {"text": "c"}\n]'
     rows = list(read_rows(_write(tmp_path, "b.json", text), "s"))
-    assert _summary(rows) == [(2, None, {"text": "a"}), (3, "invalid_json", None)]
-    assert rows[1].raw.startswith('{"text": "b",') and rows[1].raw.endswith("]")
+    assert _summary(rows) == [(2, None, {"text": "a"}), (3, "invalid_json", None), (4, None, {"text": "c"})]
+    assert rows[1].raw == '{"text": "b"'
 
 
 def test_json_invalid_bytes_reject_only_their_element(tmp_path: Path) -> None:
@@ -236,8 +246,8 @@ def test_csv_long_cell_and_header_only(tmp_path: Path) -> None:
     rows = list(read_rows(_write(tmp_path, "l.csv", f"text\n{long}\n".encode()), "s"))
     assert rows[0].obj == {"text": long}
     assert list(read_rows(_write(tmp_path, "h.csv", b"text\n"), "s")) == []
-    rows = list(read_rows(_write(tmp_path, "e.csv", b"text,n\n,\n , \nx,1\n"), "s"))   # empty-cell rows are blank
-    assert _summary(rows) == [(4, None, {"text": "x", "n": "1"})]
+    rows = list(read_rows(_write(tmp_path, "e.csv", b"text,n\n,\n , \nx,1\n"), "s"))   # blank cells: rejects
+    assert _summary(rows) == [(2, "empty_row", None), (3, "empty_row", None), (4, None, {"text": "x", "n": "1"})]
 
 
 # --- Parquet ------------------------------------------------------------------------------------
