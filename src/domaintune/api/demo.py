@@ -24,8 +24,9 @@ from domaintune.api.evaluation import compare, evaluate, load_for_eval
 from domaintune.api.training import train
 from domaintune.config import Recipe, load_recipe
 
-# A CI-sized run: the same steps on fewer examples and training steps.
-QUICK = ["train.max_steps=6", "train.eval_every=3", "train.save_every=3", "eval.max_examples=24",
+# A CI-sized run: the same steps on fewer examples and training steps (exactly 6: no time budget, whose
+# cut would depend on how busy the machine is).
+QUICK = ["train.max_steps=6", "train.time_budget=null", "train.eval_every=3", "train.save_every=3", "eval.max_examples=24",
          "eval.latency_prompts=1", "eval.latency_tokens=16", "eval.general_max=8", "compare.bootstrap=1000"]
 
 
