@@ -136,7 +136,8 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     cache_frozen: bool = Field(True, description="When only the top layers train, compute the frozen layers below "
                                                  "them once per example instead of once per epoch (where exact: "
-                                                 "train/frozen.py).")
+                                                 "train/frozen.py; not under a time_budget, nor for runs "
+                                                 "seeing their examples under 1.5 times).")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
     seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
     replay: ReplayConfig | None = Field(None, description="Against forgetting: mix general records into training.")

@@ -123,3 +123,12 @@ def test_a_run_that_sees_its_examples_about_once_goes_without(tiny_llama, record
     run_training(load_model(tiny_llama), tokenizer, get_template("chatml"), get_method("freeze"), cfg.method,
                  records[0], records[1], cfg, tmp_path, "train: {}\n", model_path=tiny_llama, progress=False)
     assert not _used_cache(tmp_path)  # building it would cost a pass over all 20 examples for a few of them
+
+
+def test_a_run_under_a_time_budget_goes_without(tiny_llama, records, tmp_path):
+    tokenizer = load_tokenizer(tiny_llama)
+    cfg = TrainConfig(max_steps=4, learning_rate=1e-2, batch_tokens=128, threads=1, time_budget="10m",
+                      method=FreezeOptions(train_top=1))
+    run_training(load_model(tiny_llama), tokenizer, get_template("chatml"), get_method("freeze"), cfg.method,
+                 records[0], records[1], cfg, tmp_path, "train: {}\n", model_path=tiny_llama, progress=False)
+    assert not _used_cache(tmp_path)  # its build would count against the budget before any step is timed
