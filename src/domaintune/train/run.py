@@ -404,10 +404,14 @@ class Run:
         budget, total = self.cfg.time_budget, self.total_steps
         if budget is not None and "budget_total_steps" not in extra:
             val_s = extra.get("validation_seconds", 0.0) if self.val_batches else 0.0
+            auto = not isinstance(self.cfg.eval_every, int)
+            if auto:  # fewer validations, not fewer steps: at most a quarter of what is left goes to them
+                left = max(0.0, budget - self._elapsed())
+                extra["budget_validations"] = max(1, min(AUTO_VALIDATIONS, int(0.25 * left / val_s))) \
+                    if val_s > 0 else AUTO_VALIDATIONS
             fitted = total
             for _ in range(3):  # with eval_every: auto the validations follow the fitted length
-                every = self.cfg.eval_every if isinstance(self.cfg.eval_every, int) else \
-                    max(1, math.ceil(fitted / AUTO_VALIDATIONS))
+                every = self.cfg.eval_every if not auto else max(1, math.ceil(fitted / extra["budget_validations"]))
                 fitted = min(fitted, steps_within_budget(budget, self._elapsed(), step, per_step, val_s, every, total))
             fitted = broadcast_object(fitted, self.dist)  # process 0's measurements decide for all
             extra["budget_total_steps"] = fitted
@@ -478,7 +482,10 @@ class Run:
     def eval_every(self) -> int:
         """Steps between validations: `train.eval_every`, or for "auto" about `AUTO_VALIDATIONS` per run."""
         every = self.cfg.eval_every
-        return every if isinstance(every, int) else max(1, math.ceil(self.total_steps / AUTO_VALIDATIONS))
+        if isinstance(every, int):
+            return every
+        count = self.state.extra.get("budget_validations", AUTO_VALIDATIONS)  # fewer under a tight time budget
+        return max(1, math.ceil(self.total_steps / count))
 
     def _validate_if_due(self, callbacks: Sequence[Any], last: bool = False) -> tuple[bool, bool]:
         """Validate every `eval_every` steps and at the last (or when `last` says the run ends here);

@@ -79,6 +79,19 @@ def test_time_budget_shortens_the_schedule_and_the_lr_still_decays(tiny_llama, r
     assert lrs[-1] < 0.25 * lrs[0]  # the fitted schedule decayed toward its end
 
 
+def test_slow_validations_under_a_budget_mean_fewer_validations_not_fewer_steps(tiny_llama, records, tmp_path):
+    def slow_metric(model):
+        time.sleep(0.6)  # a validation costing far more than a step (the demo: decoded prompts with retrieval)
+        return {"accuracy": 50.0, "exact_match": 50.0}
+
+    cfg = config(epochs=40, time_budget=4.0, eval_every="auto", scheduler="linear")
+    result = train(tiny_llama, tmp_path / "run", cfg, records, select_by="accuracy", task_metric=slow_metric)
+    vals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "val"]
+    # 6 validations of 0.6 s would take most of the budget and leave a handful of steps; the fit keeps
+    # validations to a quarter of what is left, so most of the budget trains
+    assert len(vals) <= 3 and result.steps >= 20
+
+
 def test_selection_by_task_metric_keeps_the_best_step_and_stops_early(tiny_llama, records, tmp_path):
     scores = iter([10.0, 40.0, 70.0, 60.0, 55.0, 50.0, 45.0, 40.0])
     seen = []
