@@ -141,11 +141,7 @@ def _conversation(record: Mapping[str, Any], few_shot: FewShot | None) -> Sequen
 
 def _row(tokenizer: Any, template: ChatTemplate, record: Mapping[str, Any], messages: Messages, reference: str,
          gen: Generation) -> dict[str, Any]:
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    question = question_text(record) if "retrieved" in (record.get("metadata") or {}) else None
-    if question is None:
-        question = users[-1] if users else ""
-    return {"prompt": question, "prompt_text": template.render(messages, add_generation_prompt=True),
+    return {"prompt": question_text(record), "prompt_text": template.render(messages, add_generation_prompt=True),
             "reference": reference, "prediction": answer_text(tokenizer, template, gen),
             "prompt_tokens": gen.prompt_tokens, "generated_tokens": len(gen.token_ids),
             "finish_reason": gen.finish_reason, "first_token_s": gen.first_token_s, "total_s": gen.total_s,

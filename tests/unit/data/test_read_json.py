@@ -4,7 +4,6 @@ end at "\\n" only (old-Mac "\\r" files still read as lines), and every physical 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domaintune.data.readers import FileTally, RawRow, read_rows
-from domaintune.data.rejects import Ledger
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> str:
@@ -99,13 +97,8 @@ _FRAGMENTS = st.sampled_from(['{"text": "a"}', '{"text": "b",}', '{"t" "c"}', "[
 @settings(max_examples=80, deadline=None)
 @given(parts=st.lists(_FRAGMENTS, max_size=30), name=st.sampled_from(["r.json", "r.jsonl", "a.json"]))
 def test_any_json_text_reads_and_every_line_is_accounted_for(tmp_path_factory: pytest.TempPathFactory,
-                                                              parts: list[str], name: str) -> None:
+                                                             read_and_reconcile, parts: list[str], name: str) -> None:
     text = ("[" if name == "a.json" else "") + "".join(parts)
     path = _write(tmp_path_factory.mktemp("j"), name, text.encode())
-    ledger = Ledger()
-    for row in read_rows(path, "s", tally=partial(ledger.count_file, "s")):
-        assert (row.obj is None) == (row.error is not None)
-        ledger.count_row("s", row.file, row.line, row.last_line)
-        ledger.rejected[("s", row.error or "ok")] += 1
-    ledger.check()
+    ledger = read_and_reconcile(path)
     assert ledger.files[("s", path)].tally is not None

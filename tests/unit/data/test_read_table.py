@@ -4,7 +4,6 @@ cells (CSV and Parquet), and the physical-line tally of CSV files."""
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domaintune.data.readers import FileTally, RawRow, read_rows
-from domaintune.data.rejects import Ledger
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -93,11 +91,6 @@ def test_table_tally_covers_every_line(tmp_path: Path, name: str, sep: str) -> N
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.sampled_from(["a", ",", '"', "\n", "\r\n", " ", '""', "\r", "x,y,z", '"\n"', "\t"]), max_size=40))
 def test_any_csv_text_reads_and_every_line_is_accounted_for(tmp_path_factory: pytest.TempPathFactory,
-                                                             parts: list[str]) -> None:
+                                                            read_and_reconcile, parts: list[str]) -> None:
     path = _write(tmp_path_factory.mktemp("c"), "r.csv", ("h1,h2\n" + "".join(parts)).encode())
-    ledger = Ledger()
-    for row in read_rows(path, "s", tally=partial(ledger.count_file, "s")):
-        assert (row.obj is None) == (row.error is not None)
-        ledger.count_row("s", row.file, row.line, row.last_line)
-        ledger.rejected[("s", row.error or "ok")] += 1
-    ledger.check()
+    ledger = read_and_reconcile(path)
