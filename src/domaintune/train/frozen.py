@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from domaintune.methods.base import decoder_layers
+from domaintune.progress import bar
 from domaintune.train.collate import Example, collate_packed, pack_examples
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,12 @@ class FrozenPrefix:
 
     @classmethod
     def build(cls, model: nn.Module, examples: Sequence[Example], batch_tokens: int, *, neftune: bool = False,
-              prompt_learning: bool = False, free_bytes: int | None = None) -> FrozenPrefix | None:
+              prompt_learning: bool = False, free_bytes: int | None = None,
+              progress: bool = False) -> FrozenPrefix | None:
         """The cache for `examples`, or None where it does not apply (see the module docstring).
 
-        `free_bytes` None skips the memory check (a resume of a run that used the cache)."""
+        `free_bytes` None skips the memory check (a resume of a run that used the cache); `progress`
+        shows a bar over the examples (the build takes minutes on a CPU)."""
         cut = first_trained_layer(model)
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         if not cut or neftune or prompt_learning or config.model_type not in SUPPORTED or _has_dropout(config):
@@ -93,7 +96,7 @@ class FrozenPrefix:
         if free_bytes is not None and need > MAX_CACHE_FRACTION * free_bytes:
             log.info("frozen-layer cache skipped: %.1f GiB would exceed a quarter of free memory", need / 2**30)
             return None
-        prefix = cls(model, cut, _encode(model, cut, examples, batch_tokens))
+        prefix = cls(model, cut, _encode(model, cut, examples, batch_tokens, progress))
         return prefix if prefix._agrees(examples) else None
 
     @property
@@ -159,7 +162,8 @@ def _owner(model: nn.Module, layers: nn.ModuleList) -> tuple[nn.Module, str]:
     raise ValueError("the decoder layer list has no parent module")
 
 
-def _encode(model: nn.Module, cut: int, examples: Sequence[Example], batch_tokens: int) -> list[torch.Tensor]:
+def _encode(model: nn.Module, cut: int, examples: Sequence[Example], batch_tokens: int,
+            progress: bool = False) -> list[torch.Tensor]:
     """Each example's output of layer `cut - 1`, from packed rows with the forward stopped there."""
     layer = decoder_layers(model)[cut - 1]
 
@@ -172,7 +176,7 @@ def _encode(model: nn.Module, cut: int, examples: Sequence[Example], batch_token
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), bar(f"frozen layers 0-{cut - 1}", len(examples), progress) as advance:
             for row in pack_examples(examples, max(batch_tokens, max(len(ex) for ex in examples))):
                 batch = collate_packed([examples[i] for i in row])
                 try:
@@ -184,6 +188,7 @@ def _encode(model: nn.Module, cut: int, examples: Sequence[Example], batch_token
                     raise RuntimeError("the frozen-layer hook did not fire")
                 for i, part in zip(row, hidden.split([len(examples[i]) for i in row])):
                     states[i] = part.clone()
+                advance(len(row))
     finally:
         handle.remove()
         model.train(was_training)

@@ -77,6 +77,13 @@ def steps_within_budget(budget_s: float, elapsed_s: float, step: int, seconds_pe
         >>> steps_within_budget(100, 10, 2, 5.0, 0.0, 50, 400)
         20
     """
-    per_step = seconds_per_step + seconds_per_validation / max(1, eval_every)
-    more = math.floor(max(0.0, budget_s - elapsed_s - seconds_per_validation) / per_step) if per_step > 0 else total
-    return max(step + 1, min(total, step + more))
+    left = budget_s - elapsed_s
+    every = max(1, eval_every)
+    fits = 0
+    for more in range(1, total - step + 1):  # validations: each multiple of `every` passed, and the last step
+        end = step + more
+        validations = end // every - step // every + (1 if end % every else 0)
+        if more * seconds_per_step + validations * seconds_per_validation > left:
+            break
+        fits = more
+    return max(step + 1, step + fits)

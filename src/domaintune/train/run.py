@@ -127,7 +127,7 @@ def train_run(shared: Shared, cfg: TrainConfig, inputs: Inputs, run_dir: Path, r
     """
     dist = shared.dist
     run = Run(shared.model, cfg, run_dir, shared.recipe_yaml, inputs, shared.pad_id, shared.loss_fn, dist,
-              Selector(shared.select_by), shared.task_metric)
+              Selector(shared.select_by), shared.task_metric, progress=shared.progress)
     memory = run.preflight(shared.method.name)
     run.start(resume, force)
     stop = GracefulStop()
@@ -180,10 +180,11 @@ class Run:
 
     def __init__(self, model: Any, cfg: TrainConfig, run_dir: Path, recipe_yaml: str, inputs: Inputs, pad_id: int,
                  loss_fn: LossFn, dist: Dist | None = None, selector: Selector | None = None,
-                 task_metric: TaskMetric | None = None) -> None:
+                 task_metric: TaskMetric | None = None, progress: bool = False) -> None:
         model.train()  # a later stage gets the model back in eval mode from the previous stage's save
         self.model, self.cfg, self.run_dir, self.recipe_yaml = model, cfg, Path(run_dir), recipe_yaml
         self.dist = dist = dist or Dist()
+        self.progress = progress and dist.main
         self.accum = cfg.grad_accum * dist.world  # micro-batches per step, over every process
         self.inputs, self.train_ex, self.pad_id, self.loss_fn = inputs, inputs.train, pad_id, loss_fn
         self.packing = cfg.packing and packing_supported(model)
@@ -305,7 +306,8 @@ class Run:
         free = None if extra.get("frozen_cache") else available_memory(next(self.model.parameters()).device)[0]
         prefix = FrozenPrefix.build(self.model, self.train_ex, self.cfg.batch_tokens,
                                     neftune=self.cfg.neftune_alpha is not None,
-                                    prompt_learning=not packing_supported(self.model), free_bytes=free)
+                                    prompt_learning=not packing_supported(self.model), free_bytes=free,
+                                    progress=self.progress)
         extra["frozen_cache"] = prefix is not None
         self.data.prefix = prefix
         if prefix is not None:

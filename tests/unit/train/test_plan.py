@@ -60,8 +60,11 @@ def test_epochs_auto_sets_the_planned_steps(tiny_llama, records, tmp_path, capsy
 
 
 def test_budget_fitting_arithmetic():
-    # 100 s budget, 10 s spent, 5 s/step, validations of 4 s every 10 steps: (100-10-4)/5.4 = 15 more.
-    assert steps_within_budget(100, 10, 2, 5.0, 4.0, 10, 400) == 17
+    # 100 s budget, 10 s spent, 5 s/step, validations of 4 s every 10 steps:
+    # 16 more steps (80 s) and the validations at step 10 and at the last step, 18 (8 s): 88 of 90 s
+    assert steps_within_budget(100, 10, 2, 5.0, 4.0, 10, 400) == 18
+    # the last validation is counted once: 9 steps (90 s) and the one validation (10 s) fill 100 s
+    assert steps_within_budget(100, 0, 0, 10.0, 10.0, 400, 400) == 9
     assert steps_within_budget(100, 10, 2, 5.0, 0.0, 10, 8) == 8      # never more than planned
     assert steps_within_budget(10, 50, 2, 5.0, 0.0, 10, 400) == 3     # over budget: one more step
 
