@@ -39,7 +39,7 @@ def export(run_dir: str, fmt: str, output_dir: str, *, quant: str | None = None,
 
 def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *, template: str = "auto",
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, threads: int | None = None,
-          trust_remote_code: bool = False, **options: Any) -> None:
+          trust_remote_code: bool = False, insecure_no_auth: bool = False, **options: Any) -> None:
     """Serve a base model and named adapters over an OpenAI-compatible HTTP API until SIGTERM.
 
     Args:
@@ -50,20 +50,24 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
         api_key: required bearer key (default: $DOMAINTUNE_API_KEY; none: open).
         threads: CPU threads for generation.
         trust_remote_code: run model code shipped with the folder.
+        insecure_no_auth: allow a non-loopback `host` without an API key (refused before loading otherwise).
         **options: `serve.options.ServeOptions` fields (max_batch_size, batch_window_ms, max_queue,
             closed_set, ...), and `kb_changed_ok` (serve adapters whose knowledge base changed).
     """
     import torch
 
     from domaintune.serve import ServeOptions, build_app, load_served, resolve_api_key, run_server
+    from domaintune.serve.server import check_bind
 
+    key = resolve_api_key(api_key)
+    check_bind(host, bool(key), insecure_no_auth)  # before minutes of loading
     if threads:
         torch.set_num_threads(threads)
     kb_changed_ok = bool(options.pop("kb_changed_ok", False))
     served = load_served(model, dict(adapters or {}), template=template, trust_remote_code=trust_remote_code,
                          kb_changed_ok=kb_changed_ok)
-    app = build_app(served, ServeOptions(api_key=resolve_api_key(api_key), **options))
-    run_server(app, host=host, port=port)
+    app = build_app(served, ServeOptions(api_key=key, **options))
+    run_server(app, host=host, port=port, insecure_no_auth=insecure_no_auth)
 
 
 def chat(model: str = "embedded", adapter: tuple[str, str] | None = None, *, template: str = "auto",

@@ -51,7 +51,10 @@ def build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="queued requests before answering 429")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request fails with 504")
     p.add_argument("--cache-size", type=int, default=0, help="cached answers to repeated greedy requests (0: off)")
-    p.add_argument("--request-log", help="JSONL log of every request")
+    p.add_argument("--request-log", help="JSONL log of every request (PII-masked, owner-only, rotated at 64 MiB)")
+    p.add_argument("--request-log-raw", action="store_true", help="log prompts and outputs unmasked")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow a non-loopback --host without an API key (refused otherwise)")
     p.add_argument("--closed-set", choices=["auto", "off"], default="off",
                    help="auto: requests to an adapter trained on labels decode inside its answer set, with a "
                         "confidence (a request's own guided_choice always does)")
@@ -67,7 +70,8 @@ def run_serve(a: argparse.Namespace) -> int:
     api.serve(a.model, adapters, template=a.template, host=a.host, port=a.port, api_key=a.api_key,
               threads=a.threads, max_batch_size=a.max_batch_size, batch_window_ms=a.batch_window_ms,
               max_queue=a.max_queue, request_timeout_s=a.request_timeout, cache_size=a.cache_size,
-              request_log=a.request_log, closed_set=a.closed_set, kb_changed_ok=a.kb_changed_ok)
+              request_log=a.request_log, request_log_raw=a.request_log_raw, closed_set=a.closed_set,
+              kb_changed_ok=a.kb_changed_ok, insecure_no_auth=a.insecure_no_auth)
     return 0
 
 

@@ -95,7 +95,9 @@ class Service:
                              batch_window_s=options.batch_window_ms / 1000, max_queue=options.max_queue,
                              metrics=self.metrics, decode=decode)
         self.cache = ResponseCache(options.cache_size)
-        self.log = RequestLog(options.request_log) if options.request_log else None
+        self.log = RequestLog(options.request_log, raw=options.request_log_raw,
+                              on_error=lambda _err: self.metrics.request_log_errors.inc()) \
+            if options.request_log else None
         self.created = int(time.time())
 
     def models(self) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class ServeMetrics:
                                     registry=r)
         self.in_flight = Gauge("domaintune_requests_in_flight", "Requests being handled", registry=r)
         self.cache_hits = Counter("domaintune_cache_hits", "Answers served from the response cache", registry=r)
+        self.request_log_errors = Counter("domaintune_request_log_errors",
+                                          "Request-log lines that could not be written (the answers were sent)",
+                                          registry=r)
 
     # Engine side (called from the worker thread; prometheus_client is thread-safe).
     def observe_batch(self, rows: int) -> None:

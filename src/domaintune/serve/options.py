@@ -29,6 +29,7 @@ class ServeOptions:
         max_body_bytes: largest request body accepted (413 beyond).
         cache_size: entries of the exact-match cache for greedy requests (0: off).
         request_log: JSONL file each completion request is appended to (None: no log).
+        request_log_raw: log prompts and outputs unmasked (by default they are PII-masked).
         api_key: the key clients must send as "Authorization: Bearer KEY" (None: open).
         closed_set: "auto": requests to an adapter whose run recorded a closed answer set decode
             inside it (unless they give their own `guided_choice`); "off": only `guided_choice`.
@@ -49,6 +50,7 @@ class ServeOptions:
     max_body_bytes: int = 1 << 20
     cache_size: int = 0
     request_log: str | None = None
+    request_log_raw: bool = False
     api_key: str | None = None
     closed_set: str = "off"
 

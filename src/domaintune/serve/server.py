@@ -22,13 +22,15 @@ from typing import Any
 
 import uvicorn
 
+from domaintune.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 
 
 def run_server(app: Any, host: str = DEFAULT_HOST, port: int = 8000, *, graceful_timeout_s: float = 120.0,
-               log_level: str = "info") -> None:
+               log_level: str = "info", insecure_no_auth: bool = False) -> None:
     """Serve `app` until SIGTERM/SIGINT, then finish the requests in flight and return.
 
     Args:
@@ -37,15 +39,33 @@ def run_server(app: Any, host: str = DEFAULT_HOST, port: int = 8000, *, graceful
         port: the TCP port.
         graceful_timeout_s: the longest wait for in-flight requests at shutdown.
         log_level: uvicorn's log level.
+        insecure_no_auth: serve a non-loopback address without an API key (refused otherwise).
+
+    Raises:
+        UserError: a non-loopback `host` without an API key, unless `insecure_no_auth`.
 
     Example:
         >>> run_server(build_app(load_served("embedded")), port=8000)   # doctest: +SKIP
     """
-    if not _is_loopback(host) and not _has_api_key(app):
-        log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
+    check_bind(host, _has_api_key(app), insecure_no_auth)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_timeout_s)
     uvicorn.Server(config).run()
+
+
+def check_bind(host: str, has_api_key: bool, insecure_no_auth: bool = False) -> None:
+    """Refuse a non-loopback address without an API key, unless `insecure_no_auth` (then warn).
+
+    Raises:
+        UserError: naming the address and the two ways out.
+    """
+    if _is_loopback(host) or has_api_key:
+        return
+    if not insecure_no_auth:
+        raise UserError(f"refusing to serve on {host} without an API key: anyone who can reach the port could "
+                        "use the model", hint="pass --api-key KEY (or set $DOMAINTUNE_API_KEY), or "
+                        "--insecure-no-auth to serve it open")
+    log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
 
 
 @contextlib.contextmanager

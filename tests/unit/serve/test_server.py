@@ -11,7 +11,8 @@ import pytest
 from domaintune.models.decode import decode_stream
 from domaintune.serve.app import build_app
 from domaintune.serve.options import ServeOptions
-from domaintune.serve.server import _is_loopback, serve_in_thread
+from domaintune.errors import UserError
+from domaintune.serve.server import _is_loopback, check_bind, serve_in_thread
 
 
 def test_shutdown_finishes_requests_in_flight_then_refuses(served):
@@ -46,3 +47,12 @@ def test_shutdown_finishes_requests_in_flight_then_refuses(served):
 def test_loopback_detection():
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("10.1.2.3")
+
+
+def test_an_open_non_loopback_bind_is_refused_unless_asked_for(caplog):
+    check_bind("127.0.0.1", has_api_key=False)                 # loopback: fine without a key
+    check_bind("0.0.0.0", has_api_key=True)                    # a key: fine anywhere
+    with pytest.raises(UserError, match="--insecure-no-auth"):
+        check_bind("0.0.0.0", has_api_key=False)
+    check_bind("0.0.0.0", has_api_key=False, insecure_no_auth=True)
+    assert "without an API key" in caplog.text
