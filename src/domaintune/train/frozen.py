@@ -17,6 +17,8 @@ them, so it is left out). Before training, one batch is run both ways in eval mo
 differ by more than `CHECK_RTOL` the cache is dropped and training goes on the ordinary way. The
 states are kept in the model's dtype on its device; above `MAX_CACHE_FRACTION` of the free memory
 the cache is not built (a resume follows the decision its run made, so it takes the same path).
+With `max_seconds` (a share of a time budget) the build is timed as it goes and given up once the
+projected total exceeds it: a cache that would eat the budget is worth less than the steps it costs.
 
     prefix = FrozenPrefix.build(model, examples, batch_tokens=2048)   # None where it does not apply
     with prefix.top_only():
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral", "deepseek_v3")
 CHECK_RTOL = 1e-4
 MAX_CACHE_FRACTION = 0.25
+PROJECT_AFTER = 0.05  # share of the tokens encoded before a time cap judges the build
 
 
 class _Captured(Exception):
@@ -50,6 +54,14 @@ class _Captured(Exception):
     def __init__(self, hidden: torch.Tensor) -> None:
         super().__init__()
         self.hidden = hidden
+
+
+class BuildTooSlow(Exception):
+    """The cache build was given up: `projected_s` is the whole build's projected seconds."""
+
+    def __init__(self, projected_s: float) -> None:
+        super().__init__(f"{projected_s:.0f} s projected")
+        self.projected_s = projected_s
 
 
 def first_trained_layer(model: nn.Module) -> int | None:
@@ -82,11 +94,15 @@ class FrozenPrefix:
     @classmethod
     def build(cls, model: nn.Module, examples: Sequence[Example], batch_tokens: int, *, neftune: bool = False,
               prompt_learning: bool = False, free_bytes: int | None = None,
-              progress: bool = False) -> FrozenPrefix | None:
+              progress: bool = False, max_seconds: float | None = None) -> FrozenPrefix | None:
         """The cache for `examples`, or None where it does not apply (see the module docstring).
 
         `free_bytes` None skips the memory check (a resume of a run that used the cache); `progress`
-        shows a bar over the examples (the build takes minutes on a CPU)."""
+        shows a bar over the examples (the build takes minutes on a CPU).
+
+        Raises:
+            BuildTooSlow: the build projects beyond `max_seconds` (given up part way).
+        """
         cut = first_trained_layer(model)
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         if not cut or neftune or prompt_learning or config.model_type not in SUPPORTED or _has_dropout(config):
@@ -96,7 +112,7 @@ class FrozenPrefix:
         if free_bytes is not None and need > MAX_CACHE_FRACTION * free_bytes:
             log.info("frozen-layer cache skipped: %.1f GiB would exceed a quarter of free memory", need / 2**30)
             return None
-        prefix = cls(model, cut, _encode(model, cut, examples, batch_tokens, progress))
+        prefix = cls(model, cut, _encode(model, cut, examples, batch_tokens, progress, max_seconds))
         return prefix if prefix._agrees(examples) else None
 
     @property
@@ -163,8 +179,13 @@ def _owner(model: nn.Module, layers: nn.ModuleList) -> tuple[nn.Module, str]:
 
 
 def _encode(model: nn.Module, cut: int, examples: Sequence[Example], batch_tokens: int,
-            progress: bool = False) -> list[torch.Tensor]:
-    """Each example's output of layer `cut - 1`, from packed rows with the forward stopped there."""
+            progress: bool = False, max_seconds: float | None = None) -> list[torch.Tensor]:
+    """Each example's output of layer `cut - 1`, from packed rows with the forward stopped there.
+
+    Raises:
+        BuildTooSlow: the tokens done so far (at least `PROJECT_AFTER` of them) project a total
+            beyond `max_seconds`.
+    """
     layer = decoder_layers(model)[cut - 1]
 
     def capture(_module: nn.Module, _args: Any, output: Any) -> None:
@@ -175,6 +196,7 @@ def _encode(model: nn.Module, cut: int, examples: Sequence[Example], batch_token
     handle = layer.register_forward_hook(capture)
     was_training = model.training
     model.eval()
+    total_tokens, done_tokens, started = sum(len(ex) for ex in examples), 0, time.perf_counter()
     try:
         with torch.no_grad(), bar(f"frozen layers 0-{cut - 1}", len(examples), progress) as advance:
             for row in pack_examples(examples, max(batch_tokens, max(len(ex) for ex in examples))):
@@ -189,6 +211,11 @@ def _encode(model: nn.Module, cut: int, examples: Sequence[Example], batch_token
                 for i, part in zip(row, hidden.split([len(examples[i]) for i in row])):
                     states[i] = part.clone()
                 advance(len(row))
+                done_tokens += sum(len(examples[i]) for i in row)
+                took = time.perf_counter() - started
+                if max_seconds is not None and done_tokens >= PROJECT_AFTER * total_tokens \
+                        and took * total_tokens / done_tokens > max_seconds:
+                    raise BuildTooSlow(took * total_tokens / done_tokens)
     finally:
         handle.remove()
         model.train(was_training)

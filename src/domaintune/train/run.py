@@ -44,6 +44,7 @@ from domaintune.train.checkpoint import (CHECKPOINTS_DIR, TrainState, checkpoint
 from domaintune.train.data import BatchStream, collate_rows, epoch_batches
 from domaintune.train.distributed import (Dist, accumulate_across, barrier, broadcast_object, check_world, gather_rng,
                                           rank_seed, restore_rank_rng, validation_loss_across)
+from domaintune.train.fingerprint import FINGERPRINT_KEY, check_fingerprint, run_fingerprint
 from domaintune.train.forgetting import EWC_FILE, Ewc, build_ewc
 from domaintune.train.inputs import Inputs
 from domaintune.train.loss import packing_supported, token_counts
@@ -54,6 +55,7 @@ from domaintune.train.selection import LOSS, Selector, TaskMetric
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune
 
 MIN_CACHE_PASSES = 1.5  # epochs below which the frozen-layer cache costs more than it saves
+CACHE_BUDGET_SHARE = 0.25  # the most of a time budget the frozen-layer cache build may take
 
 log = logging.getLogger(__name__)
 AUTO_VALIDATIONS = 6  # validations per run with eval_every: auto
@@ -129,7 +131,7 @@ def train_run(shared: Shared, cfg: TrainConfig, inputs: Inputs, run_dir: Path, r
     run = Run(shared.model, cfg, run_dir, shared.recipe_yaml, inputs, shared.pad_id, shared.loss_fn, dist,
               Selector(shared.select_by), shared.task_metric, progress=shared.progress)
     memory = run.preflight(shared.method.name)
-    run.start(resume, force)
+    run.start(resume, force, model_path=shared.model_path)
     stop = GracefulStop()
     callbacks = [MetricsLog(run_dir), ProgressBar(shared.progress), stop, *shared.callbacks] if dist.main else [stop]
     try:
@@ -266,9 +268,14 @@ class Run:
         check_free_disk(self.run_dir, trainable * 3 * (self.cfg.keep_checkpoints + 1) + artifact + ewc)
         return estimate
 
-    def start(self, resume: bool, force: bool) -> None:
-        """Restore the newest checkpoint (resume), or start fresh in a run folder without one; set up EWC."""
+    def start(self, resume: bool, force: bool, model_path: Path | None = None) -> None:
+        """Restore the newest checkpoint (resume), or start fresh in a run folder without one; set up EWC.
+        `model_path` (the base model's folder) goes into the fingerprint a resume must match."""
+        from domaintune.models.load import domaintune_home
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = run_fingerprint(self.train_ex, self.inputs.records, self.total_steps, model_path,
+                                      domaintune_home())
         # Process 0 alone checks the hashes, so every process resumes from the same one.
         latest = broadcast_object(latest_checkpoint(self.run_dir) if self.dist.main else None, self.dist)
         if resume and latest is None:
@@ -278,6 +285,8 @@ class Run:
         restored = resume and latest is not None
         if restored:
             self._restore(latest, force)
+            check_fingerprint(self.state.extra.get(FINGERPRINT_KEY), fingerprint, force)
+        self.state.extra[FINGERPRINT_KEY] = fingerprint
         if self.dist.main:  # only once the resume checks passed: a refused resume keeps the run's own recipe
             write_text_atomic(self.run_dir / RECIPE_FILE, self.recipe_yaml)
         self._start_ewc(restored)
@@ -293,22 +302,32 @@ class Run:
             return
         # Building costs one forward pass of the frozen layers over every example; it saves one per later
         # visit, so a run that sees its examples fewer than MIN_CACHE_PASSES times goes without. Under a
-        # time budget the passes are not known before steps are timed, and the build counts against the
-        # budget (the demo's measured 379 s of a 300 s budget, leaving 7 steps): such runs go without too.
-        if "frozen_cache" not in extra and (self.plan().epochs < MIN_CACHE_PASSES or self.cfg.time_budget):
+        # time budget the build counts against the budget and is given up once it projects beyond
+        # CACHE_BUDGET_SHARE of it (the demo's retrieval prompts: 379 s of a 300 s budget); built within
+        # it, each step runs the top layers only, so more of the planned passes fit.
+        if "frozen_cache" not in extra and self.plan().epochs < MIN_CACHE_PASSES:
             extra["frozen_cache"] = False
             return
-        from domaintune.train.frozen import FrozenPrefix
+        budget = self.cfg.time_budget
+        from domaintune.train.frozen import BuildTooSlow, FrozenPrefix
         from domaintune.train.summary import available_memory
 
         started = time.perf_counter()
         # A resumed run that used the cache builds it again whatever memory is free now: same path, same numbers.
         free = None if extra.get("frozen_cache") else available_memory(next(self.model.parameters()).device)[0]
-        prefix = FrozenPrefix.build(self.model, self.train_ex, self.cfg.batch_tokens,
-                                    neftune=self.cfg.neftune_alpha is not None,
-                                    prompt_learning=not packing_supported(self.model), free_bytes=free,
-                                    progress=self.progress)
+        cap = CACHE_BUDGET_SHARE * budget if budget and not extra.get("frozen_cache") else None
+        try:
+            prefix = FrozenPrefix.build(self.model, self.train_ex, self.cfg.batch_tokens,
+                                        neftune=self.cfg.neftune_alpha is not None,
+                                        prompt_learning=not packing_supported(self.model), free_bytes=free,
+                                        progress=self.progress, max_seconds=cap)
+        except BuildTooSlow as slow:
+            prefix = None
+            self._say(f"frozen-layer cache given up: building it would take about {slow.projected_s:.0f} s, more "
+                      f"than {cap:.0f} s of the {budget / 60:.1f} min budget")
         extra["frozen_cache"] = prefix is not None
+        if budget:  # the build (or the part given up) is time the budget pays for
+            extra["seconds"] = extra.get("seconds", 0.0) + time.perf_counter() - started
         self.data.prefix = prefix
         if prefix is not None:
             self._say(f"frozen layers 0-{prefix.cut - 1}: computed once for {len(self.train_ex):,} examples "

@@ -12,7 +12,7 @@ from domaintune.methods.base import get_method
 from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import get_template
 from domaintune.train.collate import collate_packed, encode_record
-from domaintune.train.frozen import FrozenPrefix, first_trained_layer
+from domaintune.train.frozen import BuildTooSlow, FrozenPrefix, first_trained_layer
 from domaintune.train.loop import run_training
 from domaintune.train.loss import causal_lm_loss
 
@@ -125,10 +125,26 @@ def test_a_run_that_sees_its_examples_about_once_goes_without(tiny_llama, record
     assert not _used_cache(tmp_path)  # building it would cost a pass over all 20 examples for a few of them
 
 
-def test_a_run_under_a_time_budget_goes_without(tiny_llama, records, tmp_path):
-    tokenizer = load_tokenizer(tiny_llama)
+def _budget_run(model_dir, records, folder):
+    tokenizer = load_tokenizer(model_dir)
     cfg = TrainConfig(max_steps=4, learning_rate=1e-2, batch_tokens=128, threads=1, time_budget="10m",
                       method=FreezeOptions(train_top=1))
-    run_training(load_model(tiny_llama), tokenizer, get_template("chatml"), get_method("freeze"), cfg.method,
-                 records[0], records[1], cfg, tmp_path, "train: {}\n", model_path=tiny_llama, progress=False)
-    assert not _used_cache(tmp_path)  # its build would count against the budget before any step is timed
+    return run_training(load_model(model_dir), tokenizer, get_template("chatml"), get_method("freeze"), cfg.method,
+                        records[0], records[1], cfg, folder, "train: {}\n", model_path=model_dir, progress=False)
+
+
+def test_under_a_time_budget_the_cache_is_built_when_it_fits_its_share(tiny_llama, records, tmp_path, monkeypatch):
+    _budget_run(tiny_llama, records, tmp_path / "fits")
+    assert _used_cache(tmp_path / "fits")  # milliseconds of a 150 s share
+    monkeypatch.setattr("domaintune.train.run.CACHE_BUDGET_SHARE", 0.0)
+    _budget_run(tiny_llama, records, tmp_path / "over")
+    assert not _used_cache(tmp_path / "over")  # projected beyond its share: given up, training goes on
+
+
+def test_a_build_projected_past_its_cap_is_given_up(tiny_llama, records):
+    tokenizer = load_tokenizer(tiny_llama)
+    model = get_method("freeze").apply(load_model(tiny_llama), FreezeOptions(train_top=1))
+    examples = [encode_record(r, tokenizer, get_template("chatml"), 128).example for r in records[0]]
+    with pytest.raises(BuildTooSlow):
+        FrozenPrefix.build(model, examples, 64, max_seconds=0.0)
+    assert FrozenPrefix.build(model, examples, 64, max_seconds=60.0) is not None

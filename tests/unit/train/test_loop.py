@@ -220,6 +220,23 @@ def test_resume_refuses_a_changed_recipe_unless_forced(tiny_llama, tmp_path, rec
     assert result.steps == 4 and (tmp_path / "recipe.resolved.yaml").read_text() == changed
 
 
+def test_resume_refuses_changed_data_or_threads_naming_the_field(tiny_llama, tmp_path, records):
+    """The recipe is the same; what the checkpoint was trained on is not (a re-`prepare`, other threads)."""
+    cfg = config(max_steps=4)
+    with pytest.raises(RuntimeError):
+        train(tiny_llama, tmp_path, cfg, records, callbacks=[CrashAt(3)])
+    other_rows = ([chat(1, 1), *records[0][1:]], records[1])
+    with pytest.raises(UserError, match="cannot resume: tokens changed"):
+        train(tiny_llama, tmp_path, cfg, other_rows, resume=True)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(UserError, match=r"threads changed since the checkpoint \(1 -> 2\)"):
+            train(tiny_llama, tmp_path, config(max_steps=4, threads=2), records, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert train(tiny_llama, tmp_path, cfg, other_rows, resume=True, force=True).steps == 4
+
+
 def test_resuming_a_finished_run_only_rewrites_its_outputs(tiny_llama, tmp_path, records):
     first = train(tiny_llama, tmp_path, config(max_steps=2), records)
     again = train(tiny_llama, tmp_path, config(max_steps=2), records, resume=True)
