@@ -49,13 +49,10 @@ def run_fingerprint(train_ex: Sequence[Example], records: tuple[Any, Any], total
                     model_path: Path | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
     """The fields of the module docstring for this run (None where a field is unknown, e.g. a
     model given in memory without a folder); `records` are (train, val) `train.data.Split`s."""
-    from domaintune.train.summary import file_sha256
+    from domaintune.train.summary import weights_sha256
 
-    base = None
-    if model_path is not None:
-        files = sorted(Path(model_path).glob("*.safetensors"))
-        base = hashlib.sha256("".join(file_sha256(f, cache_dir) for f in files).encode()).hexdigest() if files \
-            else None
+    files = weights_sha256(model_path, cache_dir) if model_path is not None else {}
+    base = hashlib.sha256("".join(files.values()).encode()).hexdigest() if files else None
     return {"train_data": getattr(records[0], "sha256", None), "val_data": getattr(records[1], "sha256", None),
             "tokens": tokens_sha256(train_ex), "base_weights": base, "total_steps": total_steps,
             "threads": torch.get_num_threads()}

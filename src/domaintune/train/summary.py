@@ -220,6 +220,11 @@ def _write_cache(file: Path, cache: dict[str, Any]) -> None:
         pass  # read-only home: hashing still works, just again next time
 
 
+def weights_sha256(model_path: Path, cache_dir: Path | None = None) -> dict[str, str]:
+    """{file name: sha256} of a model folder's safetensors files (remembered by size and mtime)."""
+    return {f.name: file_sha256(f, cache_dir) for f in sorted(Path(model_path).glob("*.safetensors"))}
+
+
 def lineage(train_records: Any, val_records: Any, recipe_yaml: str, model_path: Path | None,
             cache_dir: Path | None = None) -> dict[str, Any]:
     """sha256 of the data files (from `train.data.Split`), the resolved recipe and the base weights."""
@@ -229,8 +234,7 @@ def lineage(train_records: Any, val_records: Any, recipe_yaml: str, model_path: 
 
     weights = None
     if model_path is not None:
-        files = sorted(Path(model_path).glob("*.safetensors"))
-        weights = {"path": str(model_path), "files": {f.name: file_sha256(f, cache_dir) for f in files}}
+        weights = {"path": str(model_path), "files": weights_sha256(model_path, cache_dir)}
     return {"train_data": data(train_records), "val_data": data(val_records),
             "recipe_sha256": hashlib.sha256(recipe_yaml.encode("utf-8")).hexdigest(), "base_model": weights}
 
