@@ -81,7 +81,17 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
         recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
         resume=resume, force=force, model_path=resolve_model(model_cfg.name), progress=progress,
         loss_fn=_loss_fn(cfg, tokenizer), select_by=select_by, callbacks=(records, *callbacks),
-        task_metric=_task_metric(cfg, select_by, tokenizer, template, val_split, answers))
+        task_metric=_task_metric(cfg, select_by, tokenizer, template, val_split, answers),
+        choices=_choice_trie(cfg, answers, template, tokenizer))
+
+
+def _choice_trie(cfg: TrainConfig, answers: list[str] | None, template: Any, tokenizer: Any) -> Any:
+    """The closed answer set as the trie the closed-set loss walks (None without one, or when off)."""
+    from domaintune.models.choice import ChoiceTrie
+
+    if answers is None or not cfg.closed_set_loss or cfg.method.method == "distill":
+        return None
+    return ChoiceTrie.build(answers, template, tokenizer)
 
 
 def decodable_answers(records: Any, template: Any, tokenizer: Any) -> list[str] | None:

@@ -126,6 +126,9 @@ class TrainConfig(Section):
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch when packing is off.")
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     train_on_prompt: bool = Field(False, description="Also train on system/user tokens (default: answers only).")
+    closed_set_loss: bool = Field(True, description="When the answers form a closed set, add to the token loss the "
+                                                    "cross-entropy of each choice among the tokens the set allows "
+                                                    "there, as constrained decoding picks (train/closed_set.py).")
     keep_reasoning: bool = Field(True, description="Keep <think> reasoning in R1 training targets.")
     eval_every: int | Literal["auto"] = Field(
         "auto", description="Validate every N optimizer steps; 'auto': about 6 times per run.")
@@ -136,8 +139,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     cache_frozen: bool = Field(True, description="When only the top layers train, compute the frozen layers below "
                                                  "them once per example instead of once per epoch (where exact: "
-                                                 "train/frozen.py; not under a time_budget, nor for runs "
-                                                 "seeing their examples under 1.5 times).")
+                                                 "train/frozen.py; under a time_budget only when the build leaves "
+                                                 "more steps, never for runs seeing their examples under 1.5 "
+                                                 "times).")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
     seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
     replay: ReplayConfig | None = Field(None, description="Against forgetting: mix general records into training.")

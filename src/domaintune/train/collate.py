@@ -62,11 +62,14 @@ class Example:
         labels: the same ids where the loss is taken, `IGNORE_INDEX` elsewhere (always at 0).
         weights: per-token loss weights aligned with `labels` (term-aware training), or None
             for all 1. Values at untrained positions are never used.
+        choices: closed-set decisions (`train/closed_set.py`): `(label position, allowed ids)`
+            where the answer set branches, or None.
     """
 
     input_ids: list[int]
     labels: list[int]
     weights: tuple[float, ...] | None = None
+    choices: tuple[tuple[int, tuple[int, ...]], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -298,7 +301,29 @@ def collate_packed(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
     if any(ex.weights is not None for ex in examples):
         weights = [w for ex in examples for w in (ex.weights or (1.0,) * len(ex))]
         batch["loss_weights"] = torch.tensor([weights], dtype=torch.float32)
-    return batch
+    starts = [0]
+    for ex in examples[:-1]:
+        starts.append(starts[-1] + len(ex))
+    return _with_choices(batch, examples, starts)
+
+
+def _with_choices(batch: dict[str, torch.Tensor], examples: Sequence[Example],
+                  starts: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Add the examples' closed-set decisions: `choice_positions` (`[M]`, flat indices into the
+    `[B, T]` targets: the position that predicts the decided token), `choice_allowed` (`[M, K]`
+    token ids) and `choice_mask` (`[M, K]`, False on padding). `starts[i]`: example i's flat start."""
+    found = [(start + pos - 1, allowed) for ex, start in zip(examples, starts, strict=True)
+             for pos, allowed in ex.choices or ()]
+    if not found:
+        return batch
+    width = max(len(allowed) for _, allowed in found)
+    ids = torch.zeros((len(found), width), dtype=torch.long)
+    mask = torch.zeros((len(found), width), dtype=torch.bool)
+    for row, (_, allowed) in enumerate(found):
+        ids[row, :len(allowed)] = torch.tensor(allowed, dtype=torch.long)
+        mask[row, :len(allowed)] = True
+    return {**batch, "choice_positions": torch.tensor([p for p, _ in found], dtype=torch.long),
+            "choice_allowed": ids, "choice_mask": mask}
 
 
 def collate_padded(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -330,7 +355,7 @@ def collate_padded(examples: Sequence[Example], pad_id: int) -> dict[str, torch.
     batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
     if weights is not None:
         batch["loss_weights"] = weights
-    return batch
+    return _with_choices(batch, examples, [row * width for row in range(len(examples))])
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:

@@ -4,7 +4,7 @@
     inputs.train, inputs.buckets, inputs.val, inputs.reference, inputs.facts
 
 Everything is encoded once, before the model is touched, so a recipe whose data cannot train
-fails before any work. Term weights apply to training examples only: the validation loss stays
+fails before any work. Term weights and closed-set decisions apply to training examples only: the validation loss stays
 the plain loss, comparable with the base model's, and the EWC reference is the plain loss too.
 """
 
@@ -50,13 +50,15 @@ class Inputs:
 
 
 def build_inputs(train_records: Sequence[dict], val_records: Sequence[dict], cfg: TrainConfig, tokenizer: Any,
-                 template: Any) -> Inputs:
+                 template: Any, choices: Any = None) -> Inputs:
     """Encode a run's data as `cfg` says: replay mixed in, curriculum buckets, term weights, EWC reference.
 
     Args:
         train_records, val_records: the domain's prepared records (`data.load_split`).
         cfg: the train section (one stage's, with stages).
         tokenizer, template: the model's tokenizer and chat template.
+        choices: the run's `ChoiceTrie` (closed answer set): training examples whose answer it
+            spells get their decisions marked (`train/closed_set.py`) when `cfg.closed_set_loss`.
 
     Returns:
         The `Inputs`.
@@ -80,6 +82,10 @@ def build_inputs(train_records: Sequence[dict], val_records: Sequence[dict], cfg
     buckets = _buckets(cfg, train, (train_records, domain_kept), (general, replay_kept), facts)
     if "terms" in facts:
         facts["terms"]["weighted_tokens"] = sum(sum(1 for w in ex.weights or () if w != 1) for ex in train)
+    if choices is not None and cfg.closed_set_loss:
+        from domaintune.train.closed_set import mark_choices
+
+        train, facts["closed_set_loss"] = mark_choices(train, choices)
     val, _, val_dropped = encode(val_records)
     return Inputs(train, val, buckets, _reference(cfg, encode, facts), (train_records, val_records),
                   (dropped, val_dropped), facts)

@@ -56,7 +56,7 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
                  recipe_yaml: str, resume: bool = False, force: bool = False, model_path: Path | None = None,
                  callbacks: Sequence[Any] = (), *, progress: bool = True, peak_flops: float | None = None,
                  loss_fn: LossFn | None = None, select_by: str = LOSS,
-                 task_metric: TaskMetric | None = None) -> TrainResult:
+                 task_metric: TaskMetric | None = None, choices: Any = None) -> TrainResult:
     """Fine-tune `model` with `method` on prepared records and save the best weights.
 
     Args:
@@ -84,6 +84,8 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
             key of what `task_metric` returns (resolved already: `selection.resolve_select_by`).
         task_metric: `model -> {metric: value}` on decoded validation rows (`eval/validation.py`);
             needed when `select_by` is not "loss". Stages select by loss.
+        choices: the closed answer set as a `models.choice.ChoiceTrie`, for the closed-set loss
+            (`train/closed_set.py`; `train.closed_set_loss`), or None.
 
     Returns:
         A `TrainResult`.
@@ -108,8 +110,8 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
     seed_all(cfg.seed)
     torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist.local_world))
     configs = cfg.stage_configs()
-    inputs = [build_inputs(*_stage_records(k, cfg, train_records, val_records), stage, tokenizer, template)
-              for k, stage in enumerate(configs)]
+    inputs = [build_inputs(*_stage_records(k, cfg, train_records, val_records), stage, tokenizer, template,
+                           choices) for k, stage in enumerate(configs)]
     model = _prepare_model(model, method, method_opts, cfg, model_path, dist)
     if dist.active:
         broadcast_parameters({n: p for n, p in model.named_parameters() if p.requires_grad}, dist)

@@ -118,7 +118,32 @@ def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch
     """
     logits, targets, out = supervised_logits(model, batch)
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    return add_router_loss(model, out, supervised_mean(ce, batch, logits)), int(ce.numel())
+    loss = supervised_mean(ce, batch, logits)
+    if "choice_positions" in batch:
+        loss = loss + closed_set_loss(logits, targets, batch)
+    return add_router_loss(model, out, loss), int(ce.numel())
+
+
+def closed_set_loss(logits: torch.Tensor, targets: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of each closed-set decision among the tokens the answer set allows there.
+
+    The softmax runs over `choice_allowed` only: the distribution constrained decoding samples
+    from and reports as confidence (`models/choice.py`, `train/closed_set.py`).
+
+    Args:
+        logits, targets: `supervised_logits`' `[N, V]` logits and `[N]` targets.
+        batch: the batch, with `choice_positions` (flat `[B, T]` indices of supervised
+            positions), `choice_allowed` and `choice_mask` (`[M, K]`).
+
+    Returns:
+        A scalar: the mean over the M decisions.
+    """
+    keep = (next_token_targets(batch["labels"]) != IGNORE_INDEX).flatten()
+    rows = (torch.cumsum(keep.long(), 0) - 1)[batch["choice_positions"]]
+    allowed, mask = batch["choice_allowed"], batch["choice_mask"]
+    picked = logits[rows].float().gather(1, allowed).masked_fill(~mask, float("-inf"))
+    right = (allowed == targets[rows][:, None]) & mask
+    return (torch.logsumexp(picked, dim=1) - picked.masked_fill(~right, float("-inf")).amax(dim=1)).mean()
 
 
 def supervised_logits(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:

@@ -48,14 +48,13 @@ from domaintune.train.fingerprint import FINGERPRINT_KEY, check_fingerprint, run
 from domaintune.train.forgetting import EWC_FILE, Ewc, build_ewc
 from domaintune.train.inputs import Inputs
 from domaintune.train.loss import packing_supported, token_counts
-from domaintune.train.plan import REPLAN_AFTER_STEPS, Plan, resolve_epochs, steps_within_budget
+from domaintune.train.plan import REPLAN_AFTER_STEPS, Plan, cache_build_cap, resolve_epochs, steps_within_budget
 from domaintune.train.resume_checks import check_free_disk, check_resume_recipe
 from domaintune.train.rng import capture_rng, restore_rng
 from domaintune.train.selection import LOSS, Selector, TaskMetric
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune
 
 MIN_CACHE_PASSES = 1.5  # epochs below which the frozen-layer cache costs more than it saves
-CACHE_BUDGET_SHARE = 0.25  # the most of a time budget the frozen-layer cache build may take
 
 log = logging.getLogger(__name__)
 AUTO_VALIDATIONS = 6  # validations per run with eval_every: auto
@@ -302,20 +301,23 @@ class Run:
             return
         # Building costs one forward pass of the frozen layers over every example; it saves one per later
         # visit, so a run that sees its examples fewer than MIN_CACHE_PASSES times goes without. Under a
-        # time budget the build counts against the budget and is given up once it projects beyond
-        # CACHE_BUDGET_SHARE of it (the demo's retrieval prompts: 379 s of a 300 s budget); built within
-        # it, each step runs the top layers only, so more of the planned passes fit.
+        # time budget the build counts against the budget and is given up once it projects beyond the
+        # build that still leaves more steps (plan.cache_build_cap; the demo's retrieval prompts: 379 s
+        # of a 300 s budget); built within it, each step runs the top layers only, so more passes fit.
         if "frozen_cache" not in extra and self.plan().epochs < MIN_CACHE_PASSES:
             extra["frozen_cache"] = False
             return
         budget = self.cfg.time_budget
-        from domaintune.train.frozen import BuildTooSlow, FrozenPrefix
+        from domaintune.train.frozen import BuildTooSlow, FrozenPrefix, first_trained_layer
         from domaintune.train.summary import available_memory
 
         started = time.perf_counter()
         # A resumed run that used the cache builds it again whatever memory is free now: same path, same numbers.
         free = None if extra.get("frozen_cache") else available_memory(next(self.model.parameters()).device)[0]
-        cap = CACHE_BUDGET_SHARE * budget if budget and not extra.get("frozen_cache") else None
+        cut = first_trained_layer(self.model)
+        cap = None
+        if budget and not extra.get("frozen_cache") and cut:
+            cap = cache_build_cap(budget, cut, len(decoder_layers(self.model)))
         try:
             prefix = FrozenPrefix.build(self.model, self.train_ex, self.cfg.batch_tokens,
                                         neftune=self.cfg.neftune_alpha is not None,

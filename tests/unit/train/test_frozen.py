@@ -133,10 +133,15 @@ def _budget_run(model_dir, records, folder):
                         records[0], records[1], cfg, folder, "train: {}\n", model_path=model_dir, progress=False)
 
 
-def test_under_a_time_budget_the_cache_is_built_when_it_fits_its_share(tiny_llama, records, tmp_path, monkeypatch):
+def test_under_a_time_budget_the_cache_is_built_when_it_leaves_more_steps(tiny_llama, records, tmp_path,
+                                                                          monkeypatch):
+    caps = []
+    monkeypatch.setattr("domaintune.train.run.cache_build_cap",
+                        lambda budget, cut, n_layers: caps.append((budget, cut, n_layers)) or 60.0)
     _budget_run(tiny_llama, records, tmp_path / "fits")
-    assert _used_cache(tmp_path / "fits")  # milliseconds of a 150 s share
-    monkeypatch.setattr("domaintune.train.run.CACHE_BUDGET_SHARE", 0.0)
+    assert _used_cache(tmp_path / "fits")  # milliseconds of a one-minute cap
+    assert caps == [(600.0, 1, 2)]  # the budget, the first trained layer, the layers
+    monkeypatch.setattr("domaintune.train.run.cache_build_cap", lambda budget, cut, n_layers: 0.0)
     _budget_run(tiny_llama, records, tmp_path / "over")
     assert not _used_cache(tmp_path / "over")  # projected beyond its share: given up, training goes on
 
