@@ -25,8 +25,8 @@ import torch
 
 from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import get_template
-from domaintune.train.collate import collate_packed, collate_padded, encode_record, pack_examples
-from domaintune.train.loss import causal_lm_loss, token_counts
+from domaintune.models.batch import collate_packed, collate_padded, encode_record, pack_examples
+from domaintune.models.loss import causal_lm_loss, token_counts
 
 # Long-tailed target lengths (tokens), as chat data usually is: many short, a few long.
 LENGTHS = [20, 24, 28, 32, 36, 42, 48, 56, 64, 76, 90, 110, 140, 180, 230, 300]

@@ -15,6 +15,12 @@ Run it on an otherwise idle machine (a report figure, not a test):
 A quick smoke run:
 
     .venv/bin/python bench/serve_load.py --clients 2 --seconds 2 --max-tokens 8
+
+Soak (issue 13: 32 clients for 5 minutes, batched only): every status code is counted, and the
+server's resident memory is sampled every `--sample-s` seconds, so a leak (a batch that keeps
+every job it served) shows as a rising line:
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/serve_load.py --soak --clients 32 --seconds 300 --max-tokens 16
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Tally:
     tokens: int = 0
     errors: int = 0
     rejected: int = 0  # 429s
+    statuses: dict[int, int] = field(default_factory=dict)  # every answer's status code, counted
 
 
 def serve_child(args: argparse.Namespace, port: int, max_batch_size: int) -> None:
@@ -96,6 +103,7 @@ async def client_loop(client: httpx.AsyncClient, model: str, worker: int, stop_a
             tally.errors += 1
             continue
         i += 1
+        tally.statuses[response.status_code] = tally.statuses.get(response.status_code, 0) + 1
         if response.status_code == 429:
             tally.rejected += 1
             wait = float(response.headers.get("retry-after", "1"))
@@ -145,6 +153,56 @@ def run_mode(args: argparse.Namespace, label: str, max_batch_size: int) -> dict[
     return results
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process `pid` in MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
+async def sample_memory(pid: int, every_s: float, stop_at: float, samples: list[tuple[float, float]]) -> None:
+    start = time.monotonic()
+    while time.monotonic() < stop_at:
+        samples.append((time.monotonic() - start, rss_mib(pid)))
+        await asyncio.sleep(every_s)
+    samples.append((time.monotonic() - start, rss_mib(pid)))
+
+
+async def soak_load(url: str, model: str, pid: int, args: argparse.Namespace) -> tuple[Tally, list]:
+    clients, samples = max(args.clients), []
+    stop_at = time.monotonic() + args.seconds
+    memory = asyncio.create_task(sample_memory(pid, args.sample_s, stop_at, samples))
+    tally = await load(url, model, clients, args.seconds, args.max_tokens)
+    await memory
+    return tally, samples
+
+
+def run_soak(args: argparse.Namespace) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    child = mp.get_context("spawn").Process(target=serve_child, args=(args, port, args.max_batch_size), daemon=True)
+    child.start()
+    try:
+        wait_ready(url, child)
+        model = httpx.get(url + "/v1/models").json()["data"][-1]["id"]
+        for i in range(max(args.clients)):  # warm-up: every code path once before memory is sampled
+            httpx.post(url + "/v1/chat/completions", json=body(model, i, args.max_tokens), timeout=600)
+        tally, samples = asyncio.run(soak_load(url, model, child.pid, args))
+    finally:
+        child.terminate()
+        child.join(60)
+    row = summarize(tally, args.seconds)
+    fivexx = sum(n for code, n in tally.statuses.items() if code >= 500)
+    print(f"soak: {max(args.clients)} clients, {args.seconds:.0f} s: {sum(tally.statuses.values())} answers "
+          f"{dict(sorted(tally.statuses.items()))}, {fivexx} 5xx, {tally.errors} errors, {row['rps']:.2f} req/s, "
+          f"{row['tps']:.1f} tok/s, p50 {row['p50']:.2f} s, p95 {row['p95']:.2f} s")
+    print("server RSS (MiB) over time: " + ", ".join(f"{t:.0f}s {m:.0f}" for t, m in samples))
+    first, last = samples[0][1], samples[-1][1]
+    half = [m for t, m in samples if t >= samples[-1][0] / 2]
+    print(f"RSS first {first:.0f} MiB, last {last:.0f} MiB, max {max(m for _, m in samples):.0f} MiB; "
+          f"second half spread {max(half) - min(half):.0f} MiB")
+
+
 def summarize(tally: Tally, seconds: float) -> dict:
     return {"rps": len(tally.latencies) / seconds, "tps": tally.tokens / seconds,
             "p50": percentile(tally.latencies, 50), "p95": percentile(tally.latencies, 95),
@@ -164,11 +222,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-window-ms", type=float, default=15.0, help="batching window")
     parser.add_argument("--max-queue", type=int, default=64, help="queue bound (429 beyond)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the server")
+    parser.add_argument("--soak", action="store_true", help="batched only, the largest --clients count, status "
+                                                            "codes counted and server memory sampled")
+    parser.add_argument("--sample-s", type=float, default=10.0, help="memory sampling interval of --soak")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.soak:
+        run_soak(args)
+        return
     print(f"{'mode':<10} {'clients':>7} {'req/s':>8} {'tok/s':>9} {'p50 s':>8} {'p95 s':>8} {'errors':>6} {'429s':>6}")
     batched = run_mode(args, "batched", args.max_batch_size)
     unbatched = run_mode(args, "unbatched", 1)

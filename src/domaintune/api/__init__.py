@@ -21,11 +21,12 @@ from domaintune.api.data import (agree, bundled_dataset, copy_recipe, inspect, p
                                  resolve_path)
 from domaintune.api.demo import demo, demo_recipe
 from domaintune.api.deploy import chat, export, serve
-from domaintune.api.evaluation import compare, evaluate, load_for_eval, review_export, review_import
+from domaintune.api.evaluation import (compare, compare_table, evaluate, forgetting_summary, load_for_eval, metrics_table,
+                                       review_export, review_import)
 from domaintune.api.retrieval import kb_build, kb_search
 from domaintune.api.training import train
 from domaintune.api.tune import tune
 
-__all__ = ["agree", "bundled_dataset", "chat", "compare", "copy_recipe", "demo", "demo_recipe", "evaluate", "export",
-           "inspect", "kb_build", "kb_search", "load_for_eval", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
+__all__ = ["agree", "bundled_dataset", "chat", "compare", "compare_table", "copy_recipe", "demo", "demo_recipe", "evaluate", "export", "forgetting_summary",
+           "inspect", "kb_build", "kb_search", "load_for_eval", "metrics_table", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
            "serve", "train", "tune"]

@@ -44,17 +44,17 @@ def prepare(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
 
 def _tokenizer_parts(recipe: Recipe) -> tuple[Any, Any, tuple[str, ...]]:
-    """The model's tokenizer, a token counter with its template, and its special tokens."""
+    """The model's tokenizer, a token counter with its template, and the tokens content may not carry."""
     if recipe.model.name == "none":
         return None, None, ()
+    from domaintune.models.codec import guard_tokens
     from domaintune.models.load import load_tokenizer
     from domaintune.models.templates import get_template
     from domaintune.models.tokens import make_token_counter
 
     tokenizer = load_tokenizer(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     template = get_template(recipe.model.template, tokenizer)
-    special = tuple(t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 2)
-    return tokenizer, make_token_counter(tokenizer, template), special
+    return tokenizer, make_token_counter(tokenizer, template), guard_tokens(template, tokenizer)
 
 
 def _row_processor(cfg, special: tuple[str, ...]):

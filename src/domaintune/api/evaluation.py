@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 from domaintune.api.data import resolve_path
 from domaintune.config import Recipe
 from domaintune.errors import UserError
+from domaintune.files import write_json_atomic
+from domaintune.methods.artifact import PLOT_FILE
 
 COMPARE_JSON, COMPARE_HTML = "compare.json", "compare.html"
 
@@ -54,7 +55,7 @@ def load_for_eval(recipe: Recipe, adapter: str | None = None, model: str | None 
     net = load_artifact(art, base=base, trust_remote_code=trust) if art else load_model(base, trust_remote_code=trust)
     describe = {"name": base, "adapter": str(art.folder) if art else None, "method": art.method if art else None,
                 "template": template_name}
-    curve = art.run_dir / "loss.png" if art and art.run_dir and (art.run_dir / "loss.png").is_file() else None
+    curve = art.run_dir / PLOT_FILE if art and art.run_dir and (art.run_dir / PLOT_FILE).is_file() else None
     return Loaded(net.eval(), tokenizer, get_template(template_name, tokenizer), describe, curve, art)
 
 
@@ -206,7 +207,7 @@ def compare(recipe: Recipe, a: str, b: str, *, output_dir: str = "runs/compare",
     names = names or (_name(a), _name(b))
     result = compare_results(*sides, names, metrics=recipe.compare.metrics, n_resamples=recipe.compare.bootstrap)
     out.mkdir(parents=True, exist_ok=True)
-    (out / COMPARE_JSON).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(out / COMPARE_JSON, result, indent=2)
     return {**result, "html": render_compare_report(result, out / COMPARE_HTML)}
 
 
@@ -243,3 +244,24 @@ def review_import(sheets: list[str], key: str) -> dict[str, Any]:
     from domaintune.eval.review import import_review
 
     return import_review(sheets, key)
+
+
+def metrics_table(rows: Any, a_name: str = "A", b_name: str = "B") -> str:
+    """The terminal table of metrics before (A) and after (B) (`eval.report.before_after_table`)."""
+    from domaintune.eval.report import before_after_table
+
+    return before_after_table(rows, a_name=a_name, b_name=b_name)
+
+
+def compare_table(result: Any, a_name: str, b_name: str) -> str:
+    """The terminal table of a compare result: tested metrics first, with intervals and p-values."""
+    from domaintune.eval.report import before_after_table, compare_rows
+
+    return before_after_table(compare_rows(result), a_name=a_name, b_name=b_name)
+
+
+def forgetting_summary(forgetting: Any) -> str:
+    """One paragraph on what the tuned model forgot (`eval.report.describe_forgetting`)."""
+    from domaintune.eval.report import describe_forgetting
+
+    return describe_forgetting(forgetting)

@@ -86,12 +86,13 @@ def run_kb(record: dict[str, Any], kb_path: str | None = None, allow_changed: bo
 def augment(records: Any, kb: Any, tokenizer: Any, k: int, max_tokens: int, leave_one_out: bool = False,
             template: Any = None) -> Any:
     """`records` with their retrieved entries in the prompt (a `Split` keeps its path and hash);
-    entries holding the template's control tokens are never shown."""
+    entries holding a control token (`models.codec.guard_tokens`, as serve and chat) are never shown."""
+    from domaintune.models.codec import guard_tokens
     from domaintune.models.context import augment_records
     from domaintune.train.data import Split
 
     out = augment_records(records, kb, tokenizer, k=k, max_tokens=max_tokens, leave_one_out=leave_one_out,
-                          forbidden=template.control_tokens if template is not None else ())
+                          forbidden=guard_tokens(template, tokenizer) if template is not None else ())
     if hasattr(records, "sha256"):
         return Split(out, records.path, records.sha256)
     return out

@@ -17,6 +17,7 @@ from typing import Any
 from domaintune.api.data import resolve_path
 from domaintune.config import Recipe, TrainConfig
 from domaintune.errors import UserError
+from domaintune.files import atomic_folder
 from domaintune.train.selection import LOSS, resolve_select_by
 
 DOMAINS_DIR, ADAPTERS_DIR = "domains", "adapters"
@@ -86,10 +87,10 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
 
 
 def _choice_trie(cfg: TrainConfig, answers: list[str] | None, template: Any, tokenizer: Any) -> Any:
-    """The closed answer set as the trie the closed-set loss walks (None without one, or when off)."""
+    """The closed answer set as a trie: the closed-set loss walks it, validation scores by it (None without one)."""
     from domaintune.models.choice import ChoiceTrie
 
-    if answers is None or not cfg.closed_set_loss or cfg.method.method == "distill":
+    if answers is None or cfg.method.method == "distill":
         return None
     return ChoiceTrie.build(answers, template, tokenizer)
 
@@ -152,11 +153,10 @@ def _train_domains(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split
                             file=str(train_split.path),
                             hint=f"tag records with metadata.{cfg.domain_field}, or fix train.domains")
         results[domain] = _run(recipe, cfg, train_d, val_d, root / DOMAINS_DIR / domain, resume, force, progress)
-        if _is_main_process():  # under a launcher, one process writes
-            target = root / ADAPTERS_DIR / domain
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(results[domain].artifact, target)
-            _copy_records(results[domain].run_dir, target)
+        if _is_main_process():  # under a launcher, one process writes; a crash mid-copy keeps the old copy
+            with atomic_folder(root / ADAPTERS_DIR / domain) as target:
+                shutil.copytree(results[domain].artifact, target, dirs_exist_ok=True)
+                _copy_records(results[domain].run_dir, target)
     return results
 
 

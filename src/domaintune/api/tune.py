@@ -23,6 +23,7 @@ from typing import Any
 
 from domaintune.config import Recipe
 from domaintune.errors import UserError
+from domaintune.files import write_text_atomic
 
 MIN_TRIALS = 4        # a trial gets at most budget / MIN_TRIALS
 MIN_TRIAL_S = 30.0    # below this no trial starts
@@ -168,5 +169,5 @@ def _write_recipe(recipe: Recipe, path: Path) -> Path:
     import yaml
 
     text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    path.write_text("# The best recipe `domaintune tune` found (validation data only).\n" + text, encoding="utf-8")
+    write_text_atomic(path, "# The best recipe `domaintune tune` found (validation data only).\n" + text)
     return path

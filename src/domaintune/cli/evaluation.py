@@ -30,7 +30,6 @@ def build_eval(p: argparse.ArgumentParser) -> None:
 
 def run_eval(a: argparse.Namespace) -> int:
     from domaintune import api
-    from domaintune.eval.report import before_after_table
 
     flags: dict[str, Any] = {}
     for key, value in (("data", a.data), ("output_dir", a.output_dir), ("few_shot", a.few_shot),
@@ -41,7 +40,7 @@ def run_eval(a: argparse.Namespace) -> int:
     recipe = load_recipe(a.config, a.set, base={"eval": flags, "model": model})
     result, paths = api.evaluate(recipe, adapter=a.adapter, model=a.model, step=_say)
     rows = [{"metric": k, "a": v} for k, v in result.report["metrics"].items()]
-    print(before_after_table(rows, a_name="value", b_name="").rstrip())
+    print(api.metrics_table(rows, a_name="value", b_name="").rstrip())
     print(f"report: {paths['html']}")
     return 0
 
@@ -63,14 +62,13 @@ def build_compare(p: argparse.ArgumentParser) -> None:
 
 def run_compare(a: argparse.Namespace) -> int:
     from domaintune import api
-    from domaintune.eval.report import before_after_table, compare_rows
 
     flags: dict[str, Any] = {}
     put(flags, "data", a.data)
     put(flags, "label_field", a.label_field)
     result = api.compare(load_recipe(a.config, a.set, base={"eval": flags}), a.a, a.b, output_dir=a.output_dir)
     names = (result["a"]["name"], result["b"]["name"])
-    print(before_after_table(compare_rows(result), a_name=names[0], b_name=names[1]).rstrip())
+    print(api.compare_table(result, names[0], names[1]).rstrip())
     for test in result["tests"].values():
         print(test["verdict"])
     print(f"report: {result['html']}")
@@ -116,20 +114,17 @@ def build_demo(p: argparse.ArgumentParser) -> None:
 def run_demo(a: argparse.Namespace) -> int:
     from domaintune import api
     from domaintune.cli.data import print_prepare_summary
-    from domaintune.eval.report import before_after_table, compare_rows
 
     out = api.demo(a.output_dir, quick=a.quick, overrides=a.set, step=lambda s: print(f"\n== {s}", flush=True))
     print_prepare_summary(out["prepare"])
     for name, result in out["compare"].items():
         print(f"\n{name} vs tuned")
-        print(before_after_table(compare_rows(result), a_name=name, b_name="tuned").rstrip())
+        print(api.compare_table(result, name, "tuned").rstrip())
         for metric in ("accuracy", "exact_match"):
             if metric in result["tests"]:
                 print(result["tests"][metric]["verdict"])
     forgetting = out["evals"]["tuned"].get("forgetting")
     if forgetting:
-        from domaintune.eval.report import describe_forgetting
-
-        print(describe_forgetting(forgetting))
+        print(api.forgetting_summary(forgetting))
     print("\n" + "\n".join(f"{k}: {Path(v)}" for k, v in out["paths"].items()))
     return 0

@@ -5,7 +5,8 @@ repeated across many rows. Recognising that lets eval and serve decode inside th
 can fall outside it, each answer gets a probability) and lets training select checkpoints by
 accuracy. The rule is a property of the training data alone, so every command derives the same
 set: at least `MIN_ROWS` chat rows, at least two distinct final answers, and no more distinct
-answers than `MAX_SHARE` of the rows (nor than `MAX_ANSWERS`).
+answers than `MAX_SHARE` of the rows (nor than `MAX_ANSWERS`). `normalize_answer` is the one
+rule by which an answer matches another (eval's exact match and labels, export's parity check).
 
     >>> rows = [{"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "ab"[i % 2]}]}
     ...         for i in range(40)]
@@ -15,6 +16,9 @@ answers than `MAX_SHARE` of the rows (nor than `MAX_ANSWERS`).
 
 from __future__ import annotations
 
+import re
+import string
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -44,3 +48,48 @@ def closed_answer_set(records: Iterable[Mapping[str, Any]]) -> list[str] | None:
     if len(answers) < MIN_ROWS or not 2 <= len(counts) <= min(MAX_ANSWERS, MAX_SHARE * len(answers)):
         return None
     return sorted(counts)
+
+
+# Candidates for stripping: anything that is neither a word character nor whitespace, plus "_".
+# Each candidate is then kept unless it is punctuation (Unicode category P*) or ASCII punctuation,
+# so combining marks (Devanagari vowel signs) and symbols such as "°" survive.
+_NON_WORD = re.compile(r"[^\w\s]|_")
+_ASCII_PUNCT = frozenset(string.punctuation)
+_SPACES = re.compile(r"\s+")
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b", re.IGNORECASE)
+
+
+def _strip_punct(match: re.Match[str]) -> str:
+    ch = match.group()
+    return "" if ch in _ASCII_PUNCT or unicodedata.category(ch).startswith("P") else ch
+
+
+def normalize_answer(text: str, *, lower: bool = True, strip_punct: bool = True,
+                     collapse_space: bool = True, strip_articles: bool = False) -> str:
+    """Normalize a short answer for matching (SQuAD-style, Unicode aware).
+
+    The text is NFKC-normalized first, so full-width forms common in Chinese text ("ＡＢＣ１")
+    match their ASCII twins. Punctuation is removed, not replaced by a space (as in SQuAD), which
+    is what CJK text needs; CJK punctuation such as "，。「」" counts as punctuation.
+
+    Args:
+        text: the answer.
+        lower: case-fold (Unicode-aware lower-casing).
+        strip_punct: remove punctuation (Unicode category P*, plus ASCII punctuation).
+        collapse_space: trim and collapse runs of whitespace to one space.
+        strip_articles: remove the English articles a, an, the (SQuAD).
+
+    Example:
+        >>> normalize_answer("  The  Answer: 「糖尿病」。 ", strip_articles=True)
+        'answer 糖尿病'
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if lower:
+        text = text.casefold()
+    if strip_punct:
+        text = _NON_WORD.sub(_strip_punct, text)
+    if strip_articles:
+        text = _ARTICLES.sub(" ", text)
+    if collapse_space:
+        text = _SPACES.sub(" ", text).strip()
+    return text

@@ -56,6 +56,11 @@ class RecordError(Exception):
         self.detail = detail
 
 
+# Text parts of one message are joined with a newline, as vLLM flattens OpenAI content parts;
+# serve joins a request's parts with the same separator, so a served prompt is the one trained on.
+PART_SEPARATOR = "\n"
+
+
 def detect_record_format(obj: Mapping) -> str | None:
     """Name the record shape of a parsed row from the keys it holds.
 
@@ -233,5 +238,4 @@ def _content(content: Any, where: str) -> str:
         else:
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             raise RecordError("bad_field", f"{where} has a non-text content part ({kind!r}); only text is supported")
-    # Parts are joined with a newline, as vLLM does when it flattens OpenAI content parts.
-    return "\n".join(texts)
+    return PART_SEPARATOR.join(texts)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -40,6 +39,7 @@ import numpy as np
 
 from domaintune.data.answers import final_answer, prompt_text
 from domaintune.errors import UserError
+from domaintune.files import publish_folder
 
 FORMAT = "domaintune-kb/1"
 TOKENIZER = "words+jieba/1"
@@ -256,11 +256,7 @@ class KnowledgeBase:
             self.manifest = {**self.manifest, "files": files}
             (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
-            old = folder.with_name(f".{folder.name}.old")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            publish_folder(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

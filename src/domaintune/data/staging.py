@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from domaintune.errors import UserError
+from domaintune.files import publish_folder
 
 
 @contextmanager
@@ -57,18 +58,4 @@ def _check_target(target: Path) -> None:
 
 
 def _swap(tmp: Path, target: Path, owned: Collection[str]) -> None:
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = tmp.with_name(tmp.name + ".old")
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    # Until these moves are done the foreign entries sit in `old`, which is removed only after them.
-    for entry in old.iterdir():
-        if entry.name not in owned:
-            os.replace(entry, target / entry.name)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_folder(tmp, target, keep=lambda name: name not in owned)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from domaintune.errors import UserError
+from domaintune.files import atomic_path, write_json_atomic
 from domaintune.eval import metrics as m
 from domaintune.eval.calibration import calibration
 from domaintune.progress import bar
@@ -251,10 +252,11 @@ def write_eval(result: EvalResult, out_dir: Path, *, loss_curve: Path | None = N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"report": out_dir / REPORT_FILE, "predictions": out_dir / PREDICTIONS_FILE, "html": out_dir / HTML_FILE}
-    paths["report"].write_text(json.dumps(result.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with paths["predictions"].open("w", encoding="utf-8") as fh:
+    # Each file is written whole (files.py); predictions first, the report that describes them after.
+    with atomic_path(paths["predictions"]) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in result.predictions:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_json_atomic(paths["report"], result.report, indent=2)
     render_eval_report(result.report, result.predictions, paths["html"], loss_curve=loss_curve)
     return paths
 

@@ -4,7 +4,7 @@ For each general reference conversation, both models read the reference text (te
 and at every assistant token we take KL(base || tuned) between their next-token distributions:
 the expected extra surprise, in nats, of the tuned model at text the base model writes. 0 means
 general behaviour is untouched. The positions are exactly the ones training scores (the loss
-mask of `train.collate.encode_record`). Both perplexities come from the same logits (the
+mask of `models.batch.encode_record`). Both perplexities come from the same logits (the
 cross-entropy of each model at those positions, token-weighted as `eval.perplexity` weighs it),
 so each model reads each batch of conversations once.
 
@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from domaintune.eval.generate import eval_mode
 from domaintune.eval.perplexity import encode_for_eval, example_batches, per_example
+from domaintune.models.codec import pad_id as codec_pad_id
 from domaintune.models.templates import ChatTemplate
-from domaintune.train.loss import supervised_logits
+from domaintune.models.loss import supervised_logits
 
 
 def _base_side(base_model: Any | None, tuned_model: Any) -> tuple[Any, AbstractContextManager]:
@@ -116,7 +117,7 @@ def general_kl(base_model: Any | None, tuned_model: Any, tokenizer: Any, templat
 def _sums(base_model: Any | None, tuned_model: Any, tokenizer: Any, template: ChatTemplate,
           records: Sequence[Mapping[str, Any]], max_len: int) -> list[tuple[float, float, float, int]]:
     """Per record: summed KL, summed base NLL, summed tuned NLL and the number of scored tokens."""
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    pad = codec_pad_id(tokenizer)
     examples = encode_for_eval(tokenizer, template, records, max_len)
     sums = [(0.0, 0.0, 0.0, 0)] * len(examples)
     with ExitStack() as stack, torch.inference_mode():

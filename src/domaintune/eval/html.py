@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from domaintune.files import write_text_atomic
 from domaintune.eval.plots import fmt_number, is_number
 
 # System fonts only: a web font would be a network fetch.
@@ -35,7 +36,7 @@ def write_page(out_path: str | Path, title: str, sections: Sequence[str]) -> Pat
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
             + "\n".join(s for s in sections if s)
             + '\n<p class="muted">Written by domaintune.</p></body></html>\n')
-    path.write_text(page, encoding="utf-8")
+    write_text_atomic(path, page)
     return path
 
 

@@ -18,11 +18,11 @@ import functools
 import json
 import logging
 import re
-import string
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from domaintune.data.answers import normalize_answer
 from domaintune.errors import UserError
 
 __all__ = ["MetricResult", "bleu", "chrf", "exact_match", "extract_label", "is_chinese",
@@ -30,13 +30,6 @@ __all__ = ["MetricResult", "bleu", "chrf", "exact_match", "extract_label", "is_c
 
 OTHER = "<other>"  # confusion-matrix column for predictions outside the label set
 
-# Candidates for stripping: anything that is neither a word character nor whitespace, plus "_".
-# Each candidate is then kept unless it is punctuation (Unicode category P*) or ASCII punctuation,
-# so combining marks (Devanagari vowel signs) and symbols such as "°" survive.
-_NON_WORD = re.compile(r"[^\w\s]|_")
-_ASCII_PUNCT = frozenset(string.punctuation)
-_SPACES = re.compile(r"\s+")
-_ARTICLES = re.compile(r"\b(?:a|an|the)\b", re.IGNORECASE)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -60,42 +53,6 @@ class MetricResult:
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
         return asdict(self)
-
-
-def _strip_punct(match: re.Match[str]) -> str:
-    ch = match.group()
-    return "" if ch in _ASCII_PUNCT or unicodedata.category(ch).startswith("P") else ch
-
-
-def normalize_answer(text: str, *, lower: bool = True, strip_punct: bool = True,
-                     collapse_space: bool = True, strip_articles: bool = False) -> str:
-    """Normalize a short answer for matching (SQuAD-style, Unicode aware).
-
-    The text is NFKC-normalized first, so full-width forms common in Chinese text ("ＡＢＣ１")
-    match their ASCII twins. Punctuation is removed, not replaced by a space (as in SQuAD), which
-    is what CJK text needs; CJK punctuation such as "，。「」" counts as punctuation.
-
-    Args:
-        text: the answer.
-        lower: case-fold (Unicode-aware lower-casing).
-        strip_punct: remove punctuation (Unicode category P*, plus ASCII punctuation).
-        collapse_space: trim and collapse runs of whitespace to one space.
-        strip_articles: remove the English articles a, an, the (SQuAD).
-
-    Example:
-        >>> normalize_answer("  The  Answer: 「糖尿病」。 ", strip_articles=True)
-        'answer 糖尿病'
-    """
-    text = unicodedata.normalize("NFKC", text)
-    if lower:
-        text = text.casefold()
-    if strip_punct:
-        text = _NON_WORD.sub(_strip_punct, text)
-    if strip_articles:
-        text = _ARTICLES.sub(" ", text)
-    if collapse_space:
-        text = _SPACES.sub(" ", text).strip()
-    return text
 
 
 def _check_lengths(predictions: Sequence, references: Sequence) -> None:

@@ -1,7 +1,7 @@
 """Perplexity on assistant tokens, per example and overall, through the training loss itself.
 
-Each record is encoded by `train.collate.encode_record` (the one copy of the loss mask: answers
-and their end-of-turn tokens) and scored through `train.loss.supervised_logits` (the logits the
+Each record is encoded by `models.batch.encode_record` (the one copy of the loss mask: answers
+and their end-of-turn tokens) and scored through `models.loss.supervised_logits` (the logits the
 training loss is taken on, projected only at supervised positions). Whole examples are grouped
 into batches of about `BATCH_TOKENS` tokens: packed rows (positions restart per example, as in
 training) or, for prompt/prefix tuning, padded batches; each example's targets are a contiguous
@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from domaintune.eval.generate import eval_mode
+from domaintune.models.codec import pad_id as codec_pad_id
 from domaintune.models.templates import ChatTemplate
-from domaintune.train.collate import IGNORE_INDEX, Example, collate_packed, collate_padded, encode_record
-from domaintune.train.loss import packing_supported, supervised_logits
+from domaintune.models.batch import IGNORE_INDEX, Example, collate_packed, collate_padded, encode_record
+from domaintune.models.loss import packing_supported, supervised_logits
 
 # Tokens per scoring batch (whole examples; a longer one goes alone). Attention over a packed row
 # costs its length squared however it is masked: on the demo's test split (14k tokens) 2,048-token
@@ -64,7 +65,7 @@ def example_batches(model: Any, examples: Sequence[Example | None], pad_id: int 
 
     Args:
         model: decides the layout: packed rows when it keeps packed conversations apart
-            (`train.loss.packing_supported`), padded batches otherwise.
+            (`models.loss.packing_supported`), padded batches otherwise.
         examples: encoded examples, e.g. from `encode_for_eval`.
         pad_id: padding id for padded batches.
         max_tokens: the token budget of a batch (padded: rows x longest row; default
@@ -122,7 +123,7 @@ def perplexity(model: Any, tokenizer: Any, template: ChatTemplate, records: Sequ
         (1830, 7.41)
     """
     examples = encode_for_eval(tokenizer, template, records, max_len)
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    pad = codec_pad_id(tokenizer)
     nll: list[float | None] = [None] * len(examples)
     counts = [0] * len(examples)
     with eval_mode(model), torch.inference_mode():

@@ -21,9 +21,10 @@ from typing import Any
 
 from domaintune.errors import UserError
 from domaintune.export.merge import save_tokenizer
+from domaintune.methods.base import METHOD_FILE
+from domaintune.models.load import PEFT_CONFIG, PEFT_WEIGHTS
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "method.json")
+ADAPTER_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, METHOD_FILE)
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
 VLLM_DEFAULT_RANK = 16
 
@@ -75,16 +76,16 @@ def export_adapter(artifact: Path, method: str, base: Path, tokenizer: Any, chat
     for name in ADAPTER_FILES:
         if (artifact / name).is_file():
             shutil.copy2(artifact / name, out / name)
-    config = json.loads((out / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config = json.loads((out / PEFT_CONFIG).read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = str(base)
-    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_tokenizer(tokenizer, chat_template, out)
     return _facts(config, str(base))
 
 
 def require_peft(artifact: Path, method: str) -> None:
     """Raise a UserError unless `artifact` is a PEFT adapter folder."""
-    if not (artifact / ADAPTER_CONFIG).is_file():
+    if not (artifact / PEFT_CONFIG).is_file():
         raise UserError(f"method '{method}' saved no PEFT adapter, so there is no adapter folder to export",
                         hint=_no_adapter_hint(method))
 

@@ -18,18 +18,6 @@ from typing import Any
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
-def stop_token_ids(template: Any, tokenizer: Any) -> list[int]:
-    """`models.codec.stop_ids` as a list (what generation_config.json takes).
-
-    Example:
-        >>> stop_token_ids(get_template("chatml"), smollm_tokenizer)   # doctest: +SKIP
-        [2, 0]
-    """
-    from domaintune.models.codec import stop_ids as generation_stops
-
-    return list(generation_stops(template, tokenizer))
-
-
 def save_tokenizer(tokenizer: Any, chat_template: str, out: Path) -> None:
     """Save the tokenizer with `chat_template` set, in both places readers look for it.
 
@@ -51,7 +39,9 @@ def save_generation_config(tokenizer: Any, stop_ids: list[int], out: Path) -> No
     """Write `generation_config.json`: greedy by default, stopping on every template stop token."""
     from transformers import GenerationConfig
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [None])[0]
+    from domaintune.models.codec import pad_id
+
+    pad = pad_id(tokenizer)
     config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids or None, pad_token_id=pad,
                               do_sample=False)
     config.save_pretrained(str(out))
@@ -64,7 +54,7 @@ def export_hf(merged: Any, tokenizer: Any, chat_template: str, stop_ids: list[in
         merged: the plain model (`source.load_merged`).
         tokenizer: the base tokenizer.
         chat_template: the training template as Jinja (`chat_formats.jinja_template`).
-        stop_ids: the template's stop token ids (`stop_token_ids`).
+        stop_ids: the template's stop token ids (`models.codec.stop_ids`).
         out: the output folder (created).
 
     Returns:

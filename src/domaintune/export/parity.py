@@ -192,13 +192,15 @@ def pooled(hits: Sequence[Sequence[bool]], gaps: Sequence[Sequence[float]] | Non
 
 
 def exact_match(tokenizer: Any, continuations: Sequence[Sequence[int]], cases: Sequence[Case]) -> float | None:
-    """The eval exact-match metric (percent) of decoded continuations, or None without answers."""
-    from domaintune.eval.metrics import exact_match as metric
+    """Exact match (percent) of decoded continuations, by eval's rule (`data.answers.normalize_answer`),
+    or None without answers."""
+    from domaintune.data.answers import normalize_answer
 
     if not cases or any(c.answer is None for c in cases):
         return None
     texts = [tokenizer.decode(list(ids), skip_special_tokens=True).strip() for ids in continuations]
-    return metric(texts, [c.answer for c in cases]).value
+    hits = [normalize_answer(text) == normalize_answer(case.answer) for text, case in zip(texts, cases, strict=True)]
+    return 100.0 * sum(hits) / len(hits)
 
 
 def parity_rows(cases: Sequence[Case], tokenizer: Any, ref: Measured, exp: Measured,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from domaintune.errors import UserError
+from domaintune.files import atomic_folder
 from domaintune.export import parity, source
 from domaintune.export.extras import copy_run_extras
 from domaintune.export.table import REPORT_JSON, ExportReport, VariantRow
@@ -43,6 +44,12 @@ class Context:
     pad_id: int
     reference: parity.Measured | None = None
     max_new_tokens: int = 32
+    final: Path | None = None  # where `out` (a temporary sibling while writing) ends up
+
+    @property
+    def shown(self) -> Path:
+        """The output folder as users will find it (for printed commands and the report)."""
+        return self.final or self.out
 
 
 @dataclass
@@ -116,28 +123,31 @@ def run_export(run_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike
         raise UserError(f"need at least 1 parity prompt and 1 new token, got {samples} and {max_new_tokens}",
                         hint="pass samples >= 1 and max_new_tokens >= 1")
     run = source.open_run(run_dir, trust_remote_code)
-    ctx = _context(run, _output_folder(out, fmt), quant, name or run.run_dir.resolve().name, max_new_tokens)
-    merged = _merged_checked(ctx, fmt)  # before the slow reference decoding, so bad input fails fast
-    cases = parity.cases_from_records(eval_records, samples)
-    tuned = source.load_tuned(run)
-    ctx.reference = parity.measure(tuned, parity.training_prompt_ids(ctx.template, ctx.tokenizer, cases),
-                                   ctx.stop_ids, ctx.pad_id, max_new_tokens, gaps=True)
-    del tuned
-    gc.collect()
-    exported = _WRITERS[fmt](ctx, merged)
-    copy_run_extras(run.run_dir, ctx.out)
-    size = _folder_bytes(ctx.out)
-    return _report(ctx, fmt, cases, exported, size)
+    final = _output_folder(out, fmt)
+    # Everything is written into a temporary sibling renamed onto `final` once the report is
+    # written: a crash halfway leaves an earlier export whole, never new weights beside an old report.
+    with atomic_folder(final) as tmp:
+        ctx = _context(run, tmp, quant, name or run.run_dir.resolve().name, max_new_tokens)
+        ctx.final = final
+        merged = _merged_checked(ctx, fmt)  # before the slow reference decoding, so bad input fails fast
+        cases = parity.cases_from_records(eval_records, samples)
+        tuned = source.load_tuned(run)
+        ctx.reference = parity.measure(tuned, parity.training_prompt_ids(ctx.template, ctx.tokenizer, cases),
+                                       ctx.stop_ids, ctx.pad_id, max_new_tokens, gaps=True)
+        del tuned
+        gc.collect()
+        exported = _WRITERS[fmt](ctx, merged)
+        copy_run_extras(run.run_dir, ctx.out)
+        return _report(ctx, fmt, cases, exported, _folder_bytes(ctx.out))
 
 
 def _context(run: source.TrainedRun, out: Path, quant: str | None, name: str, max_new_tokens: int) -> Context:
     from domaintune.export.chat_formats import jinja_template
-    from domaintune.export.merge import stop_token_ids
 
     tokenizer, template = source.load_tokenizer_and_template(run)
-    from domaintune.models.codec import pad_id
+    from domaintune.models.codec import pad_id, stop_ids
 
-    stops = stop_token_ids(template, tokenizer)
+    stops = list(stop_ids(template, tokenizer))
     return Context(run, out, quant, name, tokenizer, template, jinja_template(template, tokenizer), stops,
                    pad_id(tokenizer), max_new_tokens=max_new_tokens)
 
@@ -167,7 +177,6 @@ def _output_folder(out: str | os.PathLike[str], fmt: str) -> Path:
         if not same:
             raise UserError(f"output folder '{folder}' is not empty",
                             hint="pass a new folder for -o (an earlier export of the same format is overwritten)")
-    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -193,7 +202,7 @@ def _report(ctx: Context, fmt: str, cases: list[parity.Case], exported: Exported
                                None, None, len(cases), parity.exact_match(ctx.tokenizer, ref.continuations, cases))
     row = _row(exported.label, sum(files.values()), ref, exp, hits,
                parity.exact_match(ctx.tokenizer, exp.continuations, cases))
-    report = ExportReport(fmt, ctx.quant, str(ctx.run.run_dir), str(ctx.out), fmt in ("hf", "adapter"), files,
+    report = ExportReport(fmt, ctx.quant, str(ctx.run.run_dir), str(ctx.shown), fmt in ("hf", "adapter"), files,
                           [reference_row, *exported.extra_rows, row],
                           parity.parity_rows(cases, ctx.tokenizer, ref, exp, hits), exported.commands,
                           exported.notes, exported.facts)
@@ -223,9 +232,9 @@ def _write_hf(ctx: Context, merged: Any) -> Exported:
 
     export_hf(merged, ctx.tokenizer, ctx.chat_template, ctx.stop_ids, ctx.out)
     model = AutoModelForCausalLM.from_pretrained(str(ctx.out), use_safetensors=True).eval()
-    commands = {"vLLM": f"vllm serve {ctx.out} --served-model-name {ctx.name}",
-                "transformers": f"AutoModelForCausalLM.from_pretrained('{ctx.out}')",
-                "domaintune": f"domaintune serve {ctx.out}"}
+    commands = {"vLLM": f"vllm serve {ctx.shown} --served-model-name {ctx.name}",
+                "transformers": f"AutoModelForCausalLM.from_pretrained('{ctx.shown}')",
+                "domaintune": f"domaintune serve {ctx.shown}"}
     return Exported("hf (merged, fp32 safetensors)", model, AutoTokenizer.from_pretrained(str(ctx.out)), commands)
 
 
@@ -240,9 +249,9 @@ def _write_adapter(ctx: Context, _merged: None) -> Exported:
     facts = export_adapter(ctx.run.artifact, ctx.run.method, base, ctx.tokenizer, ctx.chat_template, ctx.out)
     model = load_peft(load_model(str(base), trust_remote_code=ctx.run.trust_remote_code), ctx.out).eval()
     rank = f" --max-lora-rank {facts.max_lora_rank}" if facts.max_lora_rank else ""
-    commands = {"vLLM": f"vllm serve {base} --enable-lora --lora-modules {ctx.name}={ctx.out}{rank}",
-                "peft": f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), '{ctx.out}')",
-                "domaintune": f"domaintune serve {base} --adapter {ctx.name}={ctx.out}"}
+    commands = {"vLLM": f"vllm serve {base} --enable-lora --lora-modules {ctx.name}={ctx.shown}{rank}",
+                "peft": f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), '{ctx.shown}')",
+                "domaintune": f"domaintune serve {base} --adapter {ctx.name}={ctx.shown}"}
     notes = [f"vLLM cannot serve this adapter: {facts.vllm_reason}"] if facts.vllm_reason else []
     if ctx.run.base == "embedded":
         notes.append(f"the base is the embedded SmolLM2-135M-Instruct, dequantized from its Q4_1 GGUF into {base}; "
@@ -263,8 +272,8 @@ def _write_gguf(ctx: Context, merged: Any) -> Exported:
     model = load_gguf_model(ctx.out / GGUF_FILE)
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.out), gguf_file=GGUF_FILE)
     tag = ollama_name(ctx.name)
-    commands = {"llama.cpp": f"llama-server -m {ctx.out / GGUF_FILE} --jinja",
-                "Ollama": f"ollama create {tag} -f {ctx.out / 'Modelfile'} && ollama run {tag}"}
+    commands = {"llama.cpp": f"llama-server -m {ctx.shown / GGUF_FILE} --jinja",
+                "Ollama": f"ollama create {tag} -f {ctx.shown / 'Modelfile'} && ollama run {tag}"}
     if facts.kept_f16:
         notes.append(f"{facts.kept_f16} matrices stayed F16: their rows are not a multiple of 32")
     # Speed is left out: transformers dequantizes the file, so its timing says nothing about llama.cpp.
@@ -287,7 +296,7 @@ def _write_int8(ctx: Context, merged: Any) -> Exported:
     save_tokenizer(ctx.tokenizer, ctx.chat_template, ctx.out)
     save_generation_config(ctx.tokenizer, ctx.stop_ids, ctx.out)
     kernel = "the bf16 int8 kernel" if quantize.kernel_available() else "the float32 fallback (no int8 kernel in this torch)"
-    commands = {"python": f"from domaintune.export.quantize import load_int8; model = load_int8('{ctx.out}')"}
+    commands = {"python": f"from domaintune.export.quantize import load_int8; model = load_int8('{ctx.shown}')"}
     return Exported("int8 weight-only", quantize.load_int8(ctx.out), AutoTokenizer.from_pretrained(str(ctx.out)),
                     commands, [f"int8 layers run {kernel}; the LM head stays float32"], extra_rows=[fp32_row])
 

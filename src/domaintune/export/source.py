@@ -20,6 +20,7 @@ from typing import Any
 from domaintune.errors import UserError
 from domaintune.methods.artifact import KINDS as ARTIFACT_DIRS
 from domaintune.methods.artifact import RECIPE_FILE
+from domaintune.models.load import PEFT_CONFIG
 
 
 
@@ -46,7 +47,7 @@ class TrainedRun:
     @property
     def is_peft(self) -> bool:
         """Whether the artifact is a PEFT adapter folder (adapter_config.json)."""
-        return (self.artifact / "adapter_config.json").is_file()
+        return (self.artifact / PEFT_CONFIG).is_file()
 
 
 def open_run(run_dir: str | os.PathLike[str], trust_remote_code: bool = False) -> TrainedRun:

@@ -9,10 +9,11 @@ holds and formats them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from domaintune.files import write_json_atomic, write_text_atomic
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
@@ -131,8 +132,8 @@ class ExportReport:
     def write(self, out: Path) -> tuple[Path, Path]:
         """Write `export_report.json` and `export_report.md` into `out`."""
         json_path, md_path = out / REPORT_JSON, out / REPORT_MD
-        json_path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        md_path.write_text(self.to_markdown(), encoding="utf-8")
+        write_json_atomic(json_path, self.to_dict(), indent=2)
+        write_text_atomic(md_path, self.to_markdown())
         return json_path, md_path
 
 

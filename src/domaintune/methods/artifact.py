@@ -22,7 +22,10 @@ from domaintune.errors import UserError
 from domaintune.files import write_json_atomic
 from domaintune.methods.base import check_base, get_method, read_method_file
 
-RECIPE_FILE = "recipe.resolved.yaml"  # written by train/loop.py next to adapter/ or model/
+RECIPE_FILE = "recipe.resolved.yaml"  # written by train/run.py next to adapter/ or model/ (and in checkpoints)
+SUMMARY_FILE = "summary.json"  # what the run did (train/summary.py)
+METRICS_FILE = "metrics.jsonl"  # one line per step and validation (train/callbacks.py)
+PLOT_FILE = "loss.png"  # the loss curves (train/callbacks.py)
 LABELS_FILE = "labels.json"  # the run's closed answer set (data.answers), beside adapter/ or model/
 RETRIEVAL_FILE = "retrieval.json"  # the knowledge base a run read (path, sha256, k, budget, rendering)
 KINDS = ("adapter", "model")

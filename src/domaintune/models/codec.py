@@ -59,3 +59,20 @@ def pad_id(tokenizer: Any) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
     return pad if pad is not None else 0
+
+
+def guard_tokens(template: ChatTemplate, tokenizer: Any) -> tuple[str, ...]:
+    """The strings no message content may carry as written, for `prepare` and `serve` alike.
+
+    Each would tokenize into a real control id and forge structure: the template's markers, every
+    token the tokenizer added to its vocabulary (special or not: pad, tool and role tokens such as
+    `<｜Assistant｜>` inside a ChatML model), and the control tokens of the common chat formats
+    (`data.injection.KNOWN_CONTROL_TOKENS`). Longest first; one-character tokens are left out.
+    """
+    from domaintune.data.injection import KNOWN_CONTROL_TOKENS
+
+    names = [*template.control_tokens, *KNOWN_CONTROL_TOKENS]
+    if tokenizer is not None:
+        names += list(getattr(tokenizer, "all_special_tokens", []) or [])
+        names += [t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()]
+    return tuple(sorted({n for n in names if isinstance(n, str) and len(n) > 1}, key=lambda n: (-len(n), n)))

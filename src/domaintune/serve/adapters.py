@@ -31,13 +31,12 @@ import torch
 from domaintune.errors import UserError
 from domaintune.methods.artifact import find_artifact
 from domaintune.methods.base import METHOD_FILE, get_method, read_method_file
-from domaintune.models.load import check_adapter_folder, load_model, load_tokenizer
+from domaintune.models.load import PEFT_CONFIG, check_adapter_folder, load_model, load_tokenizer
 from domaintune.models.templates import ChatTemplate, get_template
 from domaintune.serve.codec import Codec
 from domaintune.serve.knowledge import ChoiceTries, Knowledge, run_extras
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-PEFT_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -84,15 +83,28 @@ class ServedModels:
     default_temperature: float = 1.0
     default_top_p: float = 1.0
     tries: ChoiceTries | None = field(default=None, repr=False)
+    guard: tuple[str, ...] = field(default=(), repr=False)  # what no message may carry (models.codec)
 
     def __post_init__(self) -> None:
+        from domaintune.models.codec import guard_tokens
+
         if self.tries is None:
             self.tries = ChoiceTries(self.template, self.tokenizer)
+        if not self.guard:
+            self.guard = guard_tokens(self.template, self.tokenizer)
 
     @property
     def names(self) -> list[str]:
         """The served names: the base first, then the adapters in the order given."""
         return list(self.routes)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold: those both the tokenizer and every served model's input
+        embedding know (a padded embedding has rows no token has; a tokenizer may have added
+        tokens the embedding lacks, which would fail inside the model)."""
+        rows = [route.model.get_input_embeddings().num_embeddings for route in self.routes.values()]
+        return min([len(self.tokenizer), *rows])
 
     @contextlib.contextmanager
     def activate(self, name: str) -> Iterator[Any]:

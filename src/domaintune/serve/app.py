@@ -24,17 +24,19 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from domaintune.models.decode import decode_stream
 from domaintune.serve.adapters import ServedModels
 from domaintune.serve.cache import ResponseCache
 from domaintune.serve.engine import Engine
-from domaintune.serve.handlers import ClientGone, Plan, Run, plan_chat, plan_completion
+from domaintune.serve.handlers import ClientGone, Plan, Run, plan_chat, plan_completion, watch_disconnect
 from domaintune.serve.metrics import ServeMetrics
 from domaintune.serve.options import ServeOptions
 from domaintune.serve.requestlog import RequestLog, now_iso
@@ -73,6 +75,7 @@ def build_app(served: ServedModels, options: ServeOptions | None = None, *,
             yield
         finally:  # uvicorn gets here after in-flight requests finished (graceful shutdown)
             await asyncio.to_thread(service.engine.close)
+            service.prepare.shutdown(wait=False)
             if service.log is not None:
                 service.log.close()
 
@@ -99,6 +102,9 @@ class Service:
                               on_error=lambda _err: self.metrics.request_log_errors.inc()) \
             if options.request_log else None
         self.created = int(time.time())
+        # Parsing, retrieval and tokenising run here, one request at a time (the tokenizer is not
+        # shared across threads), so a long prompt never holds up the event loop.
+        self.prepare = ThreadPoolExecutor(max_workers=1, thread_name_prefix="domaintune-prepare")
 
     def models(self) -> dict[str, Any]:
         """The /v1/models body."""
@@ -114,7 +120,7 @@ class Service:
         plan: Plan | None = None
         try:
             raw = await _read_body(request, self.options.max_body_bytes)
-            plan = self._plan(endpoint, raw)
+            plan = await asyncio.get_running_loop().run_in_executor(self.prepare, self._plan, endpoint, raw)
             plan.arrived = arrived
             key = plan.cache_key() if self.options.cache_size else None
             cached = self.cache.get(key) if key is not None else None
@@ -123,6 +129,9 @@ class Service:
         except ApiError as err:
             self._done(endpoint, arrived, plan, None, err.status, err)
             return error_response(err)
+        except ClientDisconnect:  # hung up mid-upload: nobody to answer, and not the server's fault
+            self._done(endpoint, arrived, plan, None, CLIENT_CLOSED, None)
+            return Response(status_code=CLIENT_CLOSED)
         except Exception as exc:  # noqa: BLE001 - a bug must still answer JSON and keep the counts right
             log.exception("request failed before generation")
             err = ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error")
@@ -131,14 +140,15 @@ class Service:
         if plan.stream:
             return StreamingResponse(self._sse(endpoint, plan, run, key), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Request-Id": plan.rid})
-        return await self._whole(endpoint, plan, run, key)
+        return await self._whole(endpoint, plan, run, key, request)
 
     def _plan(self, endpoint: str, raw: bytes) -> Plan:
         if endpoint == "chat.completions":
             return plan_chat(parse_body(ChatRequest, raw), self.served, self.options)
         return plan_completion(parse_body(CompletionRequest, raw), self.served, self.options)
 
-    async def _whole(self, endpoint: str, plan: Plan, run: Run, key: Any) -> Response:
+    async def _whole(self, endpoint: str, plan: Plan, run: Run, key: Any, request: Request) -> Response:
+        watcher = asyncio.create_task(watch_disconnect(request.receive, run))
         try:
             async for _ in run.deltas():
                 pass
@@ -149,6 +159,7 @@ class Service:
             self._done(endpoint, plan.arrived, plan, run, CLIENT_CLOSED, None)
             return Response(status_code=CLIENT_CLOSED)
         finally:
+            watcher.cancel()
             run.cancel()
         self._done(endpoint, plan.arrived, plan, run, 200, None, key)
         body = envelope(plan.rid, _object(plan), plan.model, _choices(plan, run),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from domaintune.models.codec import guard_tokens
 from domaintune.models.decode import SamplingParams, decode_stream
 from domaintune.models.templates import ChatTemplate
 from domaintune.serve.adapters import context_length
@@ -64,6 +65,7 @@ def chat_loop(model: Any, tokenizer: Any, template: ChatTemplate, *, input_fn: C
     context = max_context or context_length(model)
     opening = [{"role": "system", "content": system}] if system else []
     history = list(opening)
+    guard = guard_tokens(template, tokenizer)  # the entries serve and training may show
     print_fn(HELP)
     while (text := _read(input_fn, print_fn)) is not None:
         if text == "/reset":
@@ -76,7 +78,7 @@ def chat_loop(model: Any, tokenizer: Any, template: ChatTemplate, *, input_fn: C
         def with_knowledge(messages: list[dict[str, str]]) -> list[dict[str, str]]:
             if knowledge is None:
                 return messages
-            out, shown["ids"] = knowledge.apply(messages, tokenizer, template.control_tokens)
+            out, shown["ids"] = knowledge.apply(messages, tokenizer, guard)
             return out
 
         prompt = _fit(codec, history, context - params.max_new_tokens, len(opening), with_knowledge)

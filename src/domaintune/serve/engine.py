@@ -30,92 +30,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import Any
 
-from domaintune.models.decode import SamplingParams, decode_stream
+from domaintune.models.decode import decode_stream
 from domaintune.models.running import RunningBatch, supports
+from domaintune.serve.jobs import (Event, Failed, Finished, Job, OpenRows, QueueFull, ShuttingDown, Tokens,
+                                   tell)
 
 log = logging.getLogger(__name__)
 
 Activate = Callable[[str], AbstractContextManager[Any]]
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """Tokens produced in one decoding step for one job: `(row, token_id)` pairs."""
-
-    pairs: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class Finished:
-    """One row of a job is done: reason "stop", "length", "cancelled" or "deadline"; `confidence` is
-    its answer's probability when it was decoded inside a closed answer set."""
-
-    row: int
-    reason: str
-    confidence: float | None = None
-
-
-@dataclass(frozen=True)
-class Failed:
-    """Generation failed for the whole job."""
-
-    message: str
-
-
-Event = Tokens | Finished | Failed
-
-
-class QueueFull(Exception):
-    """The queue holds `max_queue` jobs already; try again later."""
-
-
-class ShuttingDown(Exception):
-    """The engine was closed and accepts no new jobs."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One request: one or more rows (choices) decoded for one served model.
-
-    Args:
-        route: the served model's name (the base or an adapter).
-        prompts: prompt ids, one list per row.
-        params: sampling settings, one per row.
-        emit: called from the worker thread with each `Event`; must be quick and thread-safe.
-        deadline: `time.monotonic()` after which the job's rows are dropped (None: no deadline).
-    """
-
-    route: str
-    prompts: Sequence[Sequence[int]]
-    params: Sequence[SamplingParams]
-    emit: Callable[[Event], None]
-    deadline: float | None = None
-    arrived: float = field(default_factory=time.monotonic)
-    stopped: set[int] = field(default_factory=set)
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        """Drop every row (the client went away)."""
-        self.cancelled = True
-
-    def stop_row(self, row: int) -> None:
-        """Drop one row (its text hit a stop string)."""
-        self.stopped.add(row)
-
-    def drop_reason(self, row: int | None, now: float) -> str | None:
-        """Why this row (None: the job as a whole) should stop now, or None to keep decoding it."""
-        if self.cancelled:
-            return "cancelled"
-        if row is not None and row in self.stopped:
-            return "stop"
-        if self.deadline is not None and now > self.deadline:
-            return "deadline"
-        return None
+TOKEN_REPORT_S = 1.0  # a continuous batch updates the token metrics at least this often
+__all__ = ["Engine", "Event", "Failed", "Finished", "Job", "QueueFull", "ShuttingDown", "Tokens"]
 
 
 class Engine:
@@ -238,8 +166,7 @@ class Engine:
         return live
 
     def _run(self, jobs: list[Job]) -> None:
-        batch = _Batch(jobs)
-        start = time.perf_counter()
+        batch = OpenRows(jobs)
         try:
             with self.activate(jobs[0].route) as model:
                 if self.max_batch_size > 1 and self.decode is decode_stream and supports(model):
@@ -247,9 +174,10 @@ class Engine:
                 else:
                     if self.metrics is not None:
                         self.metrics.observe_batch(len(batch.rows))
-                    closed = any(p.choices is not None for p in batch.params)  # confidences: closed sets only
+                    params = list(batch.params.values())  # rows 0..n-1, in order: nothing has finished yet
+                    closed = any(p.choices is not None for p in params)  # confidences: closed sets only
                     extra = {"confidences": batch.confidences} if closed else {}
-                    for step in self.decode(model, batch.prompts, batch.params, self.pad_id,
+                    for step in self.decode(model, list(batch.prompts.values()), params, self.pad_id,
                                             should_stop=batch.should_stop, **extra):
                         batch.deliver(step)
         except Exception as err:  # noqa: BLE001 - one bad batch must not kill the server
@@ -257,21 +185,51 @@ class Engine:
             batch.fail(f"generation failed: {type(err).__name__}: {err}")
         else:
             batch.finish_rest()
-        if self.metrics is not None:
-            self.metrics.add_tokens(jobs[0].route, batch.generated, time.perf_counter() - start)
+        self._report_tokens(jobs[0].route, batch)
 
-    def _run_continuous(self, model: Any, batch: _Batch, route: str) -> None:
+    def _report_tokens(self, route: str, batch: OpenRows) -> None:
+        if self.metrics is not None:
+            self.metrics.add_tokens(route, *batch.unreported())
+
+    def _run_continuous(self, model: Any, batch: OpenRows, route: str) -> None:
         running = RunningBatch(model, self.pad_id, confidences=batch.confidences)
-        self._admit(running, batch, range(len(batch.rows)))
+        self._admit_jobs(running, batch, list(dict.fromkeys(job for job, _ in batch.rows.values())),
+                         range(len(batch.rows)))
         while running:
             batch.deliver(running.pick())
             running.advance(batch.should_stop)
+            if batch.unreported_seconds() >= TOKEN_REPORT_S:  # a batch that never drains still reports
+                self._report_tokens(route, batch)
             joining = self._joining(route, len(running))
             if joining:
-                self._admit(running, batch, batch.extend(joining))
+                self._admit_jobs(running, batch, joining, batch.extend(joining))
 
-    def _admit(self, running: RunningBatch, batch: _Batch, ks: Iterable[int]) -> None:
-        ks = [k for k in ks if not batch.done[k]]
+    def _admit_jobs(self, running: RunningBatch, batch: OpenRows, jobs: list[Job], rows: range) -> None:
+        """Admit the rows of `jobs` together; when that fails, each job alone, so only a job that
+        fails by itself (a prompt too long for memory, a bad parameter) gets the error. The rows
+        already running are unchanged by a failed admission (`RunningBatch.add`) and go on."""
+        try:
+            self._admit(running, batch, rows)
+            return
+        except Exception as err:  # noqa: BLE001 - isolated below
+            if len(jobs) == 1:
+                self._fail_admission(batch, rows, err, len(running))
+                return
+        start = rows.start
+        for job in jobs:
+            own, start = range(start, start + len(job.prompts)), start + len(job.prompts)
+            try:
+                self._admit(running, batch, own)
+            except Exception as err:  # noqa: BLE001 - this job fails alone
+                self._fail_admission(batch, own, err, len(running))
+
+    @staticmethod
+    def _fail_admission(batch: OpenRows, rows: range, err: Exception, running: int) -> None:
+        log.exception("a request could not join the batch; %d running rows continue", running, exc_info=err)
+        batch.fail(f"generation failed: {type(err).__name__}: {err}", rows)
+
+    def _admit(self, running: RunningBatch, batch: OpenRows, ks: Iterable[int]) -> None:
+        ks = [k for k in ks if not batch.is_done(k)]
         empty = [k for k in ks if batch.params[k].max_new_tokens < 1]
         for k in empty:
             batch.finish(k, "length")
@@ -297,76 +255,3 @@ class Engine:
     def _depth_changed(self) -> None:
         if self.metrics is not None:
             self.metrics.set_queue_depth(len(self._queue))
-
-
-class _Batch:
-    """The rows of one decode call, mapped back to their jobs."""
-
-    def __init__(self, jobs: list[Job]) -> None:
-        self.rows: list[tuple[Job, int]] = []
-        self.prompts: list[Sequence[int]] = []
-        self.params: list[SamplingParams] = []
-        self.counts: list[int] = []
-        self.done: list[bool] = []
-        self.confidences: dict[int, float] = {}  # row -> answer probability, for closed-set rows
-        self.generated = 0
-        self.extend(jobs)
-
-    def extend(self, jobs: list[Job]) -> range:
-        """Add the rows of `jobs` (joining a running batch); returns their row indices."""
-        start = len(self.rows)
-        self.rows += [(job, i) for job in jobs for i in range(len(job.prompts))]
-        self.prompts += [job.prompts[i] for job, i in self.rows[start:]]
-        self.params += [job.params[i] for job, i in self.rows[start:]]
-        self.counts += [0] * (len(self.rows) - start)
-        self.done += [False] * (len(self.rows) - start)
-        return range(start, len(self.rows))
-
-    def should_stop(self, k: int) -> bool:
-        job, i = self.rows[k]
-        reason = job.drop_reason(i, time.monotonic())
-        if reason is not None:
-            self.finish(k, reason)
-        return reason is not None
-
-    def deliver(self, step: Sequence[tuple[int, int]]) -> None:
-        per_job: dict[int, tuple[Job, list[tuple[int, int]]]] = {}
-        for k, token in step:
-            job, i = self.rows[k]
-            per_job.setdefault(id(job), (job, []))[1].append((i, token))
-            self.counts[k] += 1
-        self.generated += len(step)
-        for job, pairs in per_job.values():  # one event per job per step, not one per token
-            tell(job, Tokens(tuple(pairs)))
-        for k, token in step:
-            if token in self.params[k].stop_ids:
-                self.finish(k, "stop")
-            elif self.counts[k] >= self.params[k].max_new_tokens:
-                self.finish(k, "length")
-
-    def finish_rest(self) -> None:
-        # A row the decoder ended silently (max_new_tokens 0) still owes its job a Finished.
-        for k in range(len(self.rows)):
-            self.finish(k, "length")
-
-    def fail(self, message: str) -> None:
-        for job in {id(job): job for job, _ in self.rows}.values():
-            if not all(self.done[k] for k, (j, _) in enumerate(self.rows) if j is job):
-                tell(job, Failed(message))
-        self.done = [True] * len(self.rows)
-
-    def finish(self, k: int, reason: str) -> None:
-        """End row `k` with `reason` (once)."""
-        if not self.done[k]:
-            self.done[k] = True
-            job, i = self.rows[k]
-            tell(job, Finished(i, reason, self.confidences.get(k)))
-
-
-def tell(job: Job, event: Event) -> None:
-    """Deliver an event; a job whose callback fails is cancelled, never the whole batch."""
-    try:
-        job.emit(event)
-    except Exception:  # noqa: BLE001 - one broken listener must not cost the others their results
-        log.exception("dropping a job whose event callback failed")
-        job.cancel()

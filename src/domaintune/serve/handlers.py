@@ -23,6 +23,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
+from domaintune.data.injection import find_control_tokens
 from domaintune.errors import UserError
 from domaintune.models.decode import SamplingParams
 from domaintune.serve.adapters import ServedModels
@@ -34,6 +35,23 @@ from domaintune.serve.schemas import ApiError, ChatRequest, CompletionRequest, n
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
 TOP_P_MIN = 1e-6
+
+
+_GONE = object()  # queued by `Run.client_gone`
+
+
+async def watch_disconnect(receive: Any, run: Run) -> None:
+    """Wait for the client's `http.disconnect` and tell `run`; cancel this task when the answer is sent.
+
+    Only for answers sent whole: after the body has been read nothing else listens on `receive`
+    (a streamed answer has Starlette's own listener), so the hang-up is seen at once, not at the
+    next poll.
+    """
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            run.client_gone()
+            return
 
 
 class ClientGone(Exception):
@@ -76,14 +94,16 @@ def plan_chat(req: ChatRequest, served: ServedModels, options: ServeOptions) -> 
     _check_model(req.model, served)
     route = served.routes[req.model]
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    texts = [(f"messages.{i}.content", m["content"]) for i, m in enumerate(messages)]
-    for param, text in texts + [(f"guided_choice.{i}", c) for i, c in enumerate(req.guided_choice or ())]:
-        forged = next((t for t in served.template.control_tokens if t in text), None)
+    texts = [(f"messages.{i}.content", m["role"], m["content"]) for i, m in enumerate(messages)]
+    for param, role, text in texts + [(f"guided_choice.{i}", "assistant", c)
+                                      for i, c in enumerate(req.guided_choice or ())]:
+        # The same guard prepare applies: the template's markers and every token the tokenizer added.
+        forged = find_control_tokens(text, role, served.guard)
         if forged:
-            raise ApiError(400, f"{param} contains the control token {forged!r}", param=param)
+            raise ApiError(400, f"{param} contains the control token {forged[0]!r}", param=param)
     retrieved, shown = None, messages
     if route.knowledge is not None:  # the entries the run trained with, rendered as in training
-        shown, retrieved = route.knowledge.apply(messages, served.tokenizer, served.template.control_tokens)
+        shown, retrieved = route.knowledge.apply(messages, served.tokenizer, served.guard)
     try:
         prompt = served.codec.chat_prompt(shown)
     except UserError as err:
@@ -124,7 +144,7 @@ def plan_completion(req: CompletionRequest, served: ServedModels, options: Serve
     elif req.prompt and all(isinstance(x, str) for x in req.prompt):
         texts, prompts = list(req.prompt), [served.codec.encode_text(t) for t in req.prompt]
     else:
-        vocab = len(served.tokenizer)
+        vocab = served.vocab_size
         if any(not 0 <= t < vocab for t in req.prompt):
             raise ApiError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
         texts, prompts = [served.tokenizer.decode(req.prompt)], [list(req.prompt)]
@@ -244,6 +264,11 @@ class Run:
         if self._job is not None:
             self._job.cancel()
 
+    def client_gone(self) -> None:
+        """The client hung up (seen by `watch_disconnect`): free the rows and wake `deltas`."""
+        self.cancel()
+        self._queue.put_nowait(_GONE)
+
     async def deltas(self) -> AsyncIterator[tuple[int, str, str | None]]:
         """Yield `(row, new_text, finish_reason)`; finish_reason is set once per row, last.
 
@@ -259,6 +284,8 @@ class Run:
         open_rows = len(self.plan.prompts)
         while open_rows:
             event = await self._next_event()
+            if event is _GONE:
+                raise ClientGone()
             if isinstance(event, Failed):
                 raise ApiError(500, event.message, kind="server_error", code="generation_failed")
             if isinstance(event, Tokens):

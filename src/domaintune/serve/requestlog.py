@@ -1,4 +1,4 @@
-"""The JSONL request log: one line per completion request, for `domaintune monitor` to read later.
+"""The JSONL request log: one line per completion request, for the operator to read later.
 
 Each line is a JSON object with these keys (stable; add keys, never rename them):
 

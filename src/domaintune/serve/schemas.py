@@ -64,8 +64,11 @@ class ChatMessage(_Strict):
     content: str | list[TextPart]
 
     def text(self) -> str:
-        """The content as one string (text parts joined, as OpenAI reads them)."""
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        """The content as one string: text parts joined with a newline, as `prepare` joins them
+        (`data/formats.py`) and vLLM flattens them, so a served prompt is the one trained on."""
+        from domaintune.data.formats import PART_SEPARATOR
+
+        return self.content if isinstance(self.content, str) else PART_SEPARATOR.join(p.text for p in self.content)
 
 
 class StreamOptions(_Strict):
@@ -147,6 +150,11 @@ def _check_supported(request: _Sampling) -> None:
     for name in UNSUPPORTED:
         if extra.get(name) not in (None, False, 0, [], {}, ""):
             raise ApiError(400, f"{name} is not supported by this server", param=name)
+    if extra.get("response_format") not in (None, {"type": "text"}):
+        raise ApiError(400, 'response_format: only {"type": "text"} is supported by this server (for answers '
+                            'from a fixed list, send guided_choice)', param="response_format")
+    if extra.get("best_of") not in (None, 1):
+        raise ApiError(400, "best_of is not supported by this server (use n for several answers)", param="best_of")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(request, name):
             raise ApiError(400, f"{name} is not supported by this server (use 0)", param=name)

@@ -27,13 +27,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from domaintune.files import write_text_atomic
+from domaintune.methods.artifact import METRICS_FILE
+
 log = logging.getLogger(__name__)
 
 TRAIN_FIELDS = ("type", "step", "epoch", "loss", "lr", "grad_norm", "tokens", "supervised_tokens",
                 "tokens_per_s", "elapsed_s")
 VAL_FIELDS = ("type", "step", "val_loss", "best")
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
 
 
 def notify(callbacks: Iterable[Any], event: str, *args: Any) -> None:
@@ -57,10 +58,10 @@ class MetricsLog:
 
     def on_train_start(self, info: dict[str, Any]) -> None:
         kept = [r for r in read_metrics(self.path) if r["step"] <= info["step"]] if info["step"] else []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")
-        for record in kept:
-            self._write(record)
+        # The kept lines are written whole into place first (a crash here leaves the old file, not
+        # a truncated one); then the file is opened for appending.
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
 
     def on_step(self, record: dict[str, Any]) -> None:
         self._write(record)

@@ -36,6 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from domaintune.errors import UserError
+from domaintune.files import fsync_dir, publish_folder
+from domaintune.methods.artifact import RECIPE_FILE
 from domaintune.train.resume_checks import check_free_disk
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
-                  "state.json", "rng.json", "recipe.resolved.yaml")
+                  "state.json", "rng.json", RECIPE_FILE)
 _NAME_RE = re.compile(r"^step-(\d+)(?:-micro-(\d+))?$")
 _TMP_PREFIX = ".tmp-"
 # Test seam: called with each file's path once it is written and fsynced, so a test can kill the
@@ -169,7 +171,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         root.mkdir(parents=True)
-        _fsync_dir(root.parent)  # so the first checkpoint cannot lose its parent folder in a crash
+        fsync_dir(root.parent)  # so the first checkpoint cannot lose its parent folder in a crash
     _remove_stale_tmp(root)
     opt_tensors: dict[str, torch.Tensor] = {}
     opt_json = {"state_dict": _encode(optimizer.state_dict(), "", opt_tensors),
@@ -183,7 +185,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     tmp.mkdir()
     try:
         _write_all(tmp, trainable, opt_tensors, opt_json, scheduler, state, recipe_yaml, rng, accum_grads)
-        final = _publish(tmp, root / name)
+        final = publish_folder(tmp, root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -213,16 +215,16 @@ def _write_all(tmp: Path, trainable, opt_tensors, opt_json, scheduler, state, re
              "optimizer.json": _json_bytes(opt_json), "scheduler.json": _json_bytes(sched_json),
              "state.json": _json_bytes(asdict(state)),
              "rng.json": json.dumps(rng).encode("utf-8"),  # 5 KB of ints: no indent
-             "recipe.resolved.yaml": recipe_yaml.encode("utf-8")}
+             RECIPE_FILE: recipe_yaml.encode("utf-8")}
     if accum_grads is not None:
         files["accum_grads.safetensors"] = accum_grads
     hashes: dict[str, dict[str, Any]] = {}
     for name, payload in files.items():
         _write(tmp / name, payload, hashes)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     manifest = {"format": 1, "step": state.step, "micro_step": state.micro_step, "files": hashes}
     _write(tmp / MANIFEST, _json_bytes(manifest), {})  # last: its presence marks the folder complete
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -248,28 +250,9 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, final: Path) -> Path:
-    """Rename the finished folder into place; a same-named old folder (a re-save) is swapped out."""
-    aside = None
-    if final.exists():
-        aside = final.with_name(f"{_TMP_PREFIX}replaced-{final.name}-{os.getpid()}")
-        os.rename(final, aside)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-    return final
-
-
 def _remove_stale_tmp(root: Path) -> None:
+    for path in root.glob(".step-*.old"):  # a re-saved checkpoint's old copy that a crash left behind
+        shutil.rmtree(path, ignore_errors=True)
     for path in root.glob(f"{_TMP_PREFIX}*"):
         pid = path.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
@@ -395,7 +378,7 @@ def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any
     state = TrainState(**_read_json(path / "state.json"))
     accum = path / "accum_grads.safetensors"
     grads = load_file(str(accum), device="cpu") if accum.is_file() else None
-    recipe = (path / "recipe.resolved.yaml").read_text(encoding="utf-8")
+    recipe = (path / RECIPE_FILE).read_text(encoding="utf-8")
     return {n: tensors[n] for n in param_names}, state, _read_json(path / "rng.json"), recipe, grads
 
 

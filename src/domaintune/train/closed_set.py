@@ -9,7 +9,7 @@ answer tokens, the token loss spends most of its weight on forced ones. PET (Sch
 
 `mark_choices` walks each training example's answer through the trie and records, at every
 position where the trie branches, the token ids allowed there (`Example.choices`); the collators
-turn them into `choice_positions` / `choice_allowed` / `choice_mask`, and `train/loss.py` adds
+turn them into `choice_positions` / `choice_allowed` / `choice_mask`, and `models/loss.py` adds
 the cross-entropy of the right token among the allowed ones (the trie's renormalised
 distribution, exactly what decoding and its confidences use) to the token loss. Examples whose
 answer is not a path of the trie (replayed general records, multi-turn prompts answered outside
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from domaintune.train.collate import IGNORE_INDEX, Example
+from domaintune.models.batch import IGNORE_INDEX, Example
 
 
 def mark_choices(examples: Sequence[Example], trie: Any) -> tuple[list[Example], dict[str, int]]:

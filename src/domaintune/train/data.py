@@ -24,7 +24,7 @@ import torch
 
 from domaintune.errors import UserError
 from domaintune.models.templates import ChatTemplate
-from domaintune.train.collate import (SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, TermWeighter, collate_packed,
+from domaintune.models.batch import (SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, TermWeighter, collate_packed,
                                       collate_padded, encode_record, length_grouped_order, pack_examples)
 
 # Mixes seed and epoch into one shuffle seed (a large odd constant keeps (s, e) pairs apart).

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from domaintune.errors import UserError
-from domaintune.train.loss import add_router_loss, supervised_logits, supervised_mean
+from domaintune.models.loss import add_router_loss, supervised_logits, supervised_mean
 
 LossFn = Callable[[Any, Mapping[str, torch.Tensor]], tuple[torch.Tensor, int]]
 

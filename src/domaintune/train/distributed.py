@@ -44,9 +44,9 @@ from typing import Any, TypeVar
 import torch
 
 from domaintune.errors import UserError
-from domaintune.train.loss import token_counts
+from domaintune.models.loss import token_counts
 from domaintune.train.rng import capture_rng, restore_rng
-from domaintune.train.step import LossFn, accumulate_gradients, validation_loss, validation_sums
+from domaintune.train.step import LossFn, accumulate_gradients, validation_sums
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -275,7 +275,19 @@ def validation_loss_across(model: Any, batches: Sequence[dict[str, torch.Tensor]
     Returns:
         The token-weighted loss (the same on every process), or None with no supervised token.
     """
+    return validation_across(model, batches, dist)[0]
+
+
+def validation_across(model: Any, batches: Sequence[dict[str, torch.Tensor]],
+                      dist: Dist) -> tuple[float | None, float | None]:
+    """`(loss, closed-set accuracy)` over every process (`step.validation_sums`, reduced).
+
+    The accuracy (percent) is greedy closed-set decoding's, computed from the same forward pass
+    (`models.loss.closed_set_hits`); None when no validation example carries decisions.
+    """
     if not dist.active:
-        return validation_loss(model, batches)
-    total, count = all_reduce_sums(validation_sums(model, shard(batches, dist)), dist)
-    return total / count if count else None
+        total, count, hits, examples = validation_sums(model, batches)
+    else:
+        total, count, hits, examples = all_reduce_sums(validation_sums(model, shard(batches, dist)), dist)
+    marked = any("choice_positions" in b for b in batches)
+    return (total / count if count else None), (100.0 * hits / examples if marked and examples else None)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from domaintune.errors import UserError
-from domaintune.train.collate import Example
+from domaintune.models.batch import Example
 
 log = logging.getLogger(__name__)
 FINGERPRINT_KEY = "fingerprint"  # its key in a checkpoint's TrainState.extra

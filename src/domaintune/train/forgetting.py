@@ -27,7 +27,6 @@ Design choices:
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -39,8 +38,9 @@ from safetensors.torch import load_file, save_file
 
 from domaintune.data.mix import sample_rows
 from domaintune.errors import UserError
-from domaintune.train.collate import Example, collate_padded
-from domaintune.train.loss import causal_lm_loss
+from domaintune.files import atomic_path
+from domaintune.models.batch import Example, collate_padded
+from domaintune.models.loss import causal_lm_loss
 from domaintune.train.step import autocast, to_device
 
 EWC_FILE = "ewc.safetensors"
@@ -110,18 +110,10 @@ class Ewc:
     def save(self, path: Path) -> str:
         """Write fisher and anchor to a safetensors file atomically; returns its sha256."""
         path = Path(path)
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         tensors = {f"fisher.{n}": t.detach().cpu().contiguous() for n, t in self.fisher.items()}
         tensors |= {f"anchor.{n}": t.detach().cpu().contiguous() for n, t in self.anchor.items()}
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         return _sha256(path)
 
     @classmethod

@@ -38,7 +38,7 @@ from torch import nn
 
 from domaintune.methods.base import decoder_layers
 from domaintune.progress import bar
-from domaintune.train.collate import Example, collate_packed, pack_examples
+from domaintune.models.batch import Example, collate_packed, pack_examples
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class FrozenPrefix:
 
     def _agrees(self, examples: Sequence[Example]) -> bool:
         """One packed row's loss with the cache equals the plain forward's (eval mode: no dropout draws)."""
-        from domaintune.train.loss import causal_lm_loss
+        from domaintune.models.loss import causal_lm_loss
 
         rows = pack_examples(examples[:64], max(512, max(len(ex) for ex in examples[:64])))[:1]
         batch = collate_packed([examples[i] for i in rows[0]])

@@ -19,7 +19,7 @@ from typing import Any
 from domaintune.config import TrainConfig
 from domaintune.data.terms import TermDict
 from domaintune.errors import UserError
-from domaintune.train.collate import Example, TermWeighter
+from domaintune.models.batch import Example, TermWeighter
 from domaintune.train.data import describe_skips, encode_indexed, load_split, require_trainable
 from domaintune.train.forgetting import MISSING, OTHER, length_ranks, metadata_ranks, replay_records
 
@@ -58,7 +58,8 @@ def build_inputs(train_records: Sequence[dict], val_records: Sequence[dict], cfg
         cfg: the train section (one stage's, with stages).
         tokenizer, template: the model's tokenizer and chat template.
         choices: the run's `ChoiceTrie` (closed answer set): training examples whose answer it
-            spells get their decisions marked (`train/closed_set.py`) when `cfg.closed_set_loss`.
+            spells get their decisions marked (`train/closed_set.py`) when `cfg.closed_set_loss`,
+            validation examples always (their accuracy is read off the validation loss pass).
 
     Returns:
         The `Inputs`.
@@ -82,11 +83,13 @@ def build_inputs(train_records: Sequence[dict], val_records: Sequence[dict], cfg
     buckets = _buckets(cfg, train, (train_records, domain_kept), (general, replay_kept), facts)
     if "terms" in facts:
         facts["terms"]["weighted_tokens"] = sum(sum(1 for w in ex.weights or () if w != 1) for ex in train)
-    if choices is not None and cfg.closed_set_loss:
+    val, _, val_dropped = encode(val_records)
+    if choices is not None:
         from domaintune.train.closed_set import mark_choices
 
-        train, facts["closed_set_loss"] = mark_choices(train, choices)
-    val, _, val_dropped = encode(val_records)
+        if cfg.closed_set_loss:
+            train, facts["closed_set_loss"] = mark_choices(train, choices)
+        val, _ = mark_choices(val, choices)  # validation reads closed-set accuracy off its loss pass
     return Inputs(train, val, buckets, _reference(cfg, encode, facts), (train_records, val_records),
                   (dropped, val_dropped), facts)
 

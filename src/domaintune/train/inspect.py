@@ -16,7 +16,7 @@ from typing import Any
 
 from domaintune.errors import UserError
 from domaintune.models.templates import ChatTemplate
-from domaintune.train.collate import IGNORE_INDEX, encode_record
+from domaintune.models.batch import IGNORE_INDEX, encode_record
 
 
 @dataclass

@@ -38,9 +38,9 @@ from domaintune.models.codec import pad_id as codec_pad_id
 from domaintune.train.data import load_split
 from domaintune.train.distributed import Dist, broadcast_parameters, init_distributed, rank_seed
 from domaintune.train.inputs import build_inputs
-from domaintune.train.loss import causal_lm_loss
-from domaintune.train.run import (FULL_WEIGHT_METHODS, RECIPE_FILE, SUMMARY_FILE, Shared, TrainResult, seed_all,
-                                  train_run)
+from domaintune.models.loss import causal_lm_loss
+from domaintune.methods.artifact import RECIPE_FILE, SUMMARY_FILE
+from domaintune.train.run import FULL_WEIGHT_METHODS, Shared, TrainResult, seed_all, train_run
 from domaintune.train.selection import LOSS, TaskMetric
 from domaintune.train.stages import run_stages
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, validation_loss

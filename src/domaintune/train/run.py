@@ -33,21 +33,21 @@ from safetensors.torch import load_file
 
 from domaintune.config import TrainConfig
 from domaintune.errors import UserError
-from domaintune.files import write_text_atomic
+from domaintune.files import atomic_folder, write_text_atomic
 from domaintune.methods.base import decoder_layers
 from domaintune.methods.groups import LayerGroup, clip_grad_norms, param_groups, parse_layer_spec
 from domaintune.train import summary as facts
-from domaintune.train.callbacks import (METRICS_FILE, PLOT_FILE, GracefulStop, MetricsLog, ProgressBar, notify,
-                                        plot_losses)
+from domaintune.methods.artifact import METRICS_FILE, PLOT_FILE, RECIPE_FILE, SUMMARY_FILE
+from domaintune.train.callbacks import GracefulStop, MetricsLog, ProgressBar, notify, plot_losses
 from domaintune.train.checkpoint import (CHECKPOINTS_DIR, TrainState, checkpoint_name, checkpoint_problem,
                                          latest_checkpoint, load_checkpoint, save_checkpoint)
 from domaintune.train.data import BatchStream, collate_rows, epoch_batches
 from domaintune.train.distributed import (Dist, accumulate_across, barrier, broadcast_object, check_world, gather_rng,
-                                          rank_seed, restore_rank_rng, validation_loss_across)
+                                          rank_seed, restore_rank_rng, validation_across)
 from domaintune.train.fingerprint import FINGERPRINT_KEY, check_fingerprint, run_fingerprint
 from domaintune.train.forgetting import EWC_FILE, Ewc, build_ewc
 from domaintune.train.inputs import Inputs
-from domaintune.train.loss import packing_supported, token_counts
+from domaintune.models.loss import packing_supported, token_counts
 from domaintune.train.plan import REPLAN_AFTER_STEPS, Plan, cache_build_cap, resolve_epochs, steps_within_budget
 from domaintune.train.resume_checks import check_free_disk, check_resume_recipe
 from domaintune.train.rng import capture_rng, restore_rng
@@ -59,8 +59,6 @@ MIN_CACHE_PASSES = 1.5  # epochs below which the frozen-layer cache costs more t
 log = logging.getLogger(__name__)
 AUTO_VALIDATIONS = 6  # validations per run with eval_every: auto
 _console = Console(stderr=True)
-RECIPE_FILE = "recipe.resolved.yaml"
-SUMMARY_FILE = "summary.json"
 FULL_WEIGHT_METHODS = ("full", "freeze")  # saved as "model"; every other method as "adapter"
 
 
@@ -293,7 +291,7 @@ class Run:
 
     def _start_frozen_cache(self) -> None:
         """Compute the frozen layers' output once per example when only the top layers train."""
-        from domaintune.train.loss import causal_lm_loss
+        from domaintune.models.loss import causal_lm_loss
 
         extra = self.state.extra
         if not self.cfg.cache_frozen or self.loss_fn is not causal_lm_loss or extra.get("frozen_cache") is False:
@@ -525,14 +523,18 @@ class Run:
     def _validate(self, callbacks: Sequence[Any]) -> tuple[float | None, bool]:
         """The validation loss (and the task metric when selecting by one); whether it is a new best."""
         started = time.perf_counter()
-        loss = validation_loss_across(self.model, self.val_batches, self.dist)
+        loss, accuracy = validation_across(self.model, self.val_batches, self.dist)
         extra = self.state.extra
         extra["loss_validation_seconds"] = time.perf_counter() - started
         if loss is None:
             return None, False
         record: dict[str, Any] = {"type": "val", "step": self.state.step, "val_loss": loss}
         value = loss
-        if self.task_metric is not None and self.selector.metric != LOSS:
+        if self.selector.metric == "accuracy" and accuracy is not None:
+            # Greedy closed-set decoding's accuracy, read off the loss pass's logits (models.loss.
+            # closed_set_hits): the figure eval reports, over every validation row, without decoding.
+            record["val_accuracy"] = value = accuracy
+        elif self.task_metric is not None and self.selector.metric != LOSS:
             self.model.eval()  # no dropout while decoding; the metric draws no random numbers
             # Process 0 decodes; every process selects and stops by its scores.
             scores = broadcast_object(self.task_metric(self.model) if self.dist.main else None, self.dist)
@@ -586,10 +588,10 @@ class Run:
         self.model.eval()
         out = self.run_dir / ("model" if method.name in FULL_WEIGHT_METHODS else "adapter")
         if self.dist.main:
-            # No stale files from an earlier save; a crash mid-save loses nothing, since the final
-            # checkpoint is already written and `--resume` on a finished run writes the artifact again.
-            shutil.rmtree(out, ignore_errors=True)
-            method.save(self.model, out)
+            # Saved into a sibling folder renamed into place: a crash mid-save leaves the previous
+            # artifact whole (and `--resume` on a finished run writes it again from the checkpoint).
+            with atomic_folder(out) as tmp:
+                method.save(self.model, tmp)
         return out
 
     def _load_best(self, step: int) -> None:

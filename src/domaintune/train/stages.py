@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +27,12 @@ from safetensors.torch import load_file, save_file
 
 from domaintune.config import TrainConfig
 from domaintune.errors import UserError
+from domaintune.files import atomic_path, write_json_atomic, write_text_atomic
 from domaintune.train import summary as facts
 from domaintune.train.resume_checks import check_resume_recipe
 from domaintune.train.inputs import Inputs
-from domaintune.train.run import (RECIPE_FILE, SUMMARY_FILE, Shared, TrainResult, clear_old_checkpoints, seed_all,
-                                  train_run)
+from domaintune.methods.artifact import RECIPE_FILE, SUMMARY_FILE
+from domaintune.train.run import Shared, TrainResult, clear_old_checkpoints, seed_all, train_run
 
 STAGE_DONE = "stage_done.json"
 FINAL_WEIGHTS = "final.safetensors"
@@ -99,13 +99,11 @@ def _trainable(model: Any) -> dict[str, torch.Tensor]:
 def _mark_finished(shared: Shared, folder: Path, fact: dict[str, Any]) -> None:
     """Keep the weights the next stage starts from, then write the marker (atomically, last)."""
     weights = folder / FINAL_WEIGHTS
-    save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(shared.model).items()}, str(weights))
+    with atomic_path(weights) as tmp:
+        save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(shared.model).items()}, str(tmp))
     with open(weights, "rb") as f:
-        os.fsync(f.fileno())
         fact = {**fact, "weights_sha256": hashlib.file_digest(f, "sha256").hexdigest()}
-    tmp = folder / f".tmp-{STAGE_DONE}"
-    tmp.write_text(json.dumps(fact, indent=1), encoding="utf-8")
-    os.replace(tmp, folder / STAGE_DONE)
+    write_json_atomic(folder / STAGE_DONE, fact)
 
 
 def _skip_finished(shared: Shared, folder: Path, force: bool) -> dict[str, Any]:
@@ -130,7 +128,7 @@ def _finish(shared: Shared, run_dir: Path, last: TrainResult, stages: list[dict[
     artifact = run_dir / last.artifact.name
     shutil.rmtree(artifact, ignore_errors=True)
     shutil.copytree(last.artifact, artifact)
-    (run_dir / RECIPE_FILE).write_text(shared.recipe_yaml, encoding="utf-8")
+    write_text_atomic(run_dir / RECIPE_FILE, shared.recipe_yaml)
     summary = {**last.summary, "stages": stages}
     facts.write_summary(run_dir / SUMMARY_FILE, summary)
     return dataclasses.replace(last, run_dir=run_dir, artifact=artifact, summary=summary, stages=stages)

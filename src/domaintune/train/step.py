@@ -5,7 +5,7 @@
     val = validation_loss(model, val_batches)                                     # always plain CE
 
 A loss function takes `(model, batch)` and returns `(mean loss tensor, supervised token count)`,
-exactly as `train.loss.causal_lm_loss` does; accumulation weights each micro-batch by its count,
+exactly as `models.loss.causal_lm_loss` does; accumulation weights each micro-batch by its count,
 so any such loss accumulates like one big batch.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from domaintune.train.loss import causal_lm_loss, token_counts
+from domaintune.models.loss import causal_lm_loss, token_counts, validation_terms
 
 LossFn = Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
 
@@ -102,24 +102,25 @@ def validation_loss(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> f
     Returns:
         The loss, or None when the batches hold no supervised token.
     """
-    total, count = validation_sums(model, batches)
+    total, count, _, _ = validation_sums(model, batches)
     return total / count if count else None
 
 
 @torch.no_grad()
-def validation_sums(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> tuple[float, int]:
-    """`(summed token losses, supervised tokens)` of the plain `causal_lm_loss` over `batches`, in eval mode."""
+def validation_sums(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> tuple[float, int, int, int]:
+    """`(summed token losses, supervised tokens, examples answered right, examples)` over `batches`,
+    in eval mode: the plain loss (`models.loss.validation_terms`, no closed-set term) and, for
+    examples marked with closed-set decisions, whether greedy decoding in the set gets them right."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums = [0.0, 0, 0, 0]
     for batch in batches:
         with autocast(device):
-            loss, n = causal_lm_loss(model, to_device(batch, device))
-        total += loss.item() * n
-        count += n
+            terms = validation_terms(model, to_device(batch, device))
+        sums = [a + b for a, b in zip(sums, terms, strict=True)]
     model.train(was_training)
-    return total, count
+    return sums[0], int(sums[1]), int(sums[2]), int(sums[3])
 
 
 @contextlib.contextmanager

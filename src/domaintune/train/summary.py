@@ -29,9 +29,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from domaintune.files import write_json_atomic, write_text_atomic
 from domaintune.methods.base import trainable_report
 from domaintune.train.checkpoint import TrainState
-from domaintune.train.loss import token_counts
+from domaintune.models.loss import token_counts
 
 log = logging.getLogger(__name__)
 _console = Console(stderr=True)
@@ -212,10 +213,7 @@ def _read_cache(file: Path | None) -> dict[str, Any]:
 
 def _write_cache(file: Path, cache: dict[str, Any]) -> None:
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
-        os.replace(tmp, file)
+        write_json_atomic(file, cache)
     except OSError:
         pass  # read-only home: hashing still works, just again next time
 
@@ -287,5 +285,5 @@ def build_summary(model: nn.Module, state: TrainState, *, method: str, reason: s
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """Write summary.json (indented, keys in insertion order)."""
-    Path(path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    """Write summary.json whole (indented, keys in insertion order)."""
+    write_text_atomic(path, json.dumps(summary, indent=2) + "\n")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from domaintune.eval.forgetting import base_and_tuned_logits, general_kl, kl_per_position
 from domaintune.eval.perplexity import example_batch, perplexity
 from domaintune.models.templates import get_template
-from domaintune.train.collate import encode_record
+from domaintune.models.batch import encode_record
 
 GENERAL = [
     {"messages": [{"role": "user", "content": "Hello there, how are you today?"},

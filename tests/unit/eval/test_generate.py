@@ -16,7 +16,7 @@ from domaintune.models.codec import prompt_ids
 from domaintune.models.codec import stop_ids as stop_token_ids
 from domaintune.models.decode import Generation, SamplingParams, generate
 from domaintune.models.templates import get_template
-from domaintune.train.collate import IGNORE_INDEX, encode_record
+from domaintune.models.batch import IGNORE_INDEX, encode_record
 
 RECORDS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"},

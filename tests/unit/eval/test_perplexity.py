@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from domaintune.eval.perplexity import perplexity
 from domaintune.models.templates import get_template
-from domaintune.train.collate import IGNORE_INDEX, encode_record
+from domaintune.models.batch import IGNORE_INDEX, encode_record
 
 # Two chat records (one multi-turn, with Chinese) and one plain text record.
 RECORDS = [json.loads(line) for line in (Path(__file__).parents[2] / "assets" / "mixed_records.jsonl").open(encoding="utf-8")]

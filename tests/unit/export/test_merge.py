@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from domaintune.export.chat_formats import jinja_template
-from domaintune.export.merge import export_hf, stop_token_ids
+from domaintune.export.merge import export_hf
 from domaintune.export.source import load_tuned, open_run
 from domaintune.models.templates import get_template
 
@@ -18,14 +18,6 @@ IDS = torch.arange(3, 60).unsqueeze(0)
 def _logits(model):
     with torch.inference_mode():
         return model(input_ids=IDS).logits
-
-
-def test_stop_ids_are_the_template_stops_the_vocabulary_has(tiny_tokenizer):
-    # chatml stops on <|im_end|> and <|endoftext|>; the tiny vocabulary has only the first (also its EOS)
-    vocab = tiny_tokenizer.get_vocab()
-    assert stop_token_ids(get_template("chatml"), tiny_tokenizer) == [vocab["<|im_end|>"]]
-    deepseek = stop_token_ids(get_template("deepseek_v3"), tiny_tokenizer)
-    assert deepseek == [vocab["<｜end▁of▁sentence｜>"], tiny_tokenizer.eos_token_id]
 
 
 def test_plain_transformers_gets_base_plus_adapter_logits(lora_run, merged_llama, tiny_tokenizer, tmp_path):

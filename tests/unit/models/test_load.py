@@ -177,15 +177,35 @@ def test_losing_a_conversion_race_uses_the_winners_folder(tmp_path, isolated_hom
     gguf_path.write_bytes(b"GGUF stand-in")
     target = isolated_home / "models" / f"gguf-{hashlib.sha256(b'GGUF stand-in').hexdigest()[:16]}"
 
-    def other_process_wins(_gguf, out):
+    def other_process_wins(gguf, out):
         (out / "config.json").write_text("{}")  # ours, about to lose
         target.mkdir(parents=True)
         (target / "config.json").write_text('{"winner": true}')
+        load._write_source(gguf, target)  # a complete copy: its record is written last
 
     monkeypatch.setattr(load, "_convert_gguf", other_process_wins)
     assert resolve_model(gguf_path) == target
     assert json.loads((target / "config.json").read_text()) == {"winner": True}
     assert [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_damaged_or_foreign_cache_is_converted_again(tiny_llama, tmp_path, isolated_home, monkeypatch):
+    gguf_path = write_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    folder = resolve_model(gguf_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated: a disk that filled up, a copy cut short
+    assert "model.safetensors is missing or changed" in load.cache_problem(gguf_path, folder)
+    assert resolve_model(gguf_path) == folder and load.cache_problem(gguf_path, folder) is None
+    torch.testing.assert_close(logits(folder), logits(tiny_llama))
+    record = json.loads((folder / load.SOURCE_FILE).read_text())
+    (folder / load.SOURCE_FILE).write_text(json.dumps({k: v for k, v in record.items() if k != "files"}))
+    assert "older version" in load.cache_problem(gguf_path, folder)  # no record of its files: not trusted
+    (folder / load.SOURCE_FILE).unlink()
+    assert "no domaintune-source.json" in load.cache_problem(gguf_path, folder)  # config.json alone is not enough
+    converted = []
+    monkeypatch.setattr(load, "_convert_gguf", lambda g, out: converted.append(out) or load._write_source(g, out))
+    resolve_model(gguf_path)
+    assert converted  # converted again, not used as it was
 
 
 def test_a_failed_conversion_leaves_no_cache(tmp_path, isolated_home, monkeypatch):

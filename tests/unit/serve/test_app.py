@@ -232,6 +232,54 @@ def test_a_client_that_disconnects_frees_its_slot(start, tmp_path):
     assert service.metrics.in_flight._value.get() == 0
 
 
+def _wait_for_log(log):
+    for _ in range(500):
+        if log.exists() and log.read_text():
+            return [json.loads(line) for line in log.read_text().splitlines()]
+        time.sleep(0.01)
+    raise AssertionError("nothing logged")
+
+
+def test_a_plain_request_whose_client_hangs_up_stops_decoding(start, tmp_path):
+    slow = Slow(0.02)
+    log = tmp_path / "requests.jsonl"
+    url, service = start(decode=slow, request_log=str(log))
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 200}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while tokens still arrive every 20 ms
+        httpx.post(url + "/v1/completions", json=body, timeout=0.5)
+    assert _wait_for_log(log)[0]["status"] == 499
+    assert slow.steps < 100  # seen at once, not after 200 steps (the poll waits for 250 ms without a token)
+    assert service.metrics.in_flight._value.get() == 0
+
+
+def test_a_client_hanging_up_mid_upload_is_499_not_500(start, tmp_path):
+    import socket
+    from urllib.parse import urlparse
+
+    log = tmp_path / "requests.jsonl"
+    url, service = start(request_log=str(log))
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"model\": \"tiny\", ")
+        time.sleep(0.2)
+    assert _wait_for_log(log)[0]["status"] == 499
+    assert "status=\"500\"" not in httpx.get(url + "/metrics").text
+
+
+def test_prompts_are_prepared_off_the_event_loop(start):
+    url, service = start()
+    seen, plan = [], service._plan
+
+    def record(*args):
+        seen.append(threading.current_thread().name)
+        return plan(*args)
+
+    service._plan = record
+    assert chat(url, max_tokens=2).status_code == 200
+    assert seen and seen[0].startswith("domaintune-prepare")
+
+
 def test_a_request_past_its_deadline_is_504(start):
     url, _ = start(decode=Slow(0.05), request_timeout_s=0.3)
     response = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 200})

@@ -113,3 +113,59 @@ def test_joined_rows_see_exactly_their_own_tokens(model):
                 torch.testing.assert_close(batch._logits[row], expected, atol=1e-4, rtol=0)
         for key, token in batch.step():
             seen[key].append(token)
+
+
+def test_a_joining_job_that_fails_fails_alone(model):
+    from domaintune.serve.engine import Failed
+
+    log: list = []
+    started, failed = threading.Event(), threading.Event()
+    first, other = Sink("a", log, started), Sink("c", log)
+
+    def broken(event) -> None:  # a prompt id without an embedding row: the prefill raises
+        if isinstance(event, Failed):
+            log.append(("failed", "bad"))
+            failed.set()
+
+    eng = Engine(lambda _route: contextlib.nullcontext(model), pad_id=0, max_batch_size=4,
+                 batch_window_s=0.0).start()
+    eng.submit(Job("base", [PROMPTS["a"]], [PARAMS], first))
+    assert started.wait(30)
+    eng.submit(Job("base", [[1, 10**6]], [PARAMS], broken))
+    eng.submit(Job("base", [PROMPTS["c"]], [PARAMS], other))
+    assert failed.wait(30) and first.done.wait(60) and other.done.wait(60)
+    eng.close()
+    assert log.index(("failed", "bad")) < log.index(("finished", "a"))  # it failed while a was running
+    assert first.tokens == alone(model, "a") and other.tokens == alone(model, "c")
+
+
+def test_finished_rows_are_forgotten():
+    from domaintune.serve.jobs import OpenRows
+
+    events: list = []
+    jobs = [Job("base", [[1], [2]], [PARAMS, PARAMS], events.append), Job("base", [[3]], [PARAMS], events.append)]
+    rows = OpenRows(jobs)
+    assert rows.extend([Job("base", [[4]], [PARAMS], events.append)]) == range(3, 4)
+    rows.finish(0, "stop")
+    rows.finish(0, "stop")  # once only
+    rows.fail("boom", [1, 2])
+    rows.finish_rest()
+    assert not rows.rows and not rows.prompts and not rows.params and not rows.counts
+    assert [type(e).__name__ for e in events] == ["Finished", "Failed", "Failed", "Finished"]
+    assert rows.should_stop(0)  # a forgotten row is done
+
+
+def test_sliding_window_models_decode_in_fixed_batches(model):
+    from domaintune.models.running import supports
+
+    assert supports(model)
+    config = model.config
+    try:
+        config.sliding_window = 8  # Mistral's way of saying it
+        assert not supports(model)
+        config.use_sliding_window = False  # Qwen2 with the window switched off
+        assert supports(model)
+    finally:
+        for name in ("sliding_window", "use_sliding_window"):
+            if hasattr(config, name):
+                delattr(config, name)

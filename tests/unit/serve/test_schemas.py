@@ -22,10 +22,14 @@ def test_a_minimal_chat_request_gets_defaults():
     assert req.messages[0].text() == "hi"
 
 
-def test_text_parts_are_joined():
-    body = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                              {"type": "text", "text": "b"}]}]}
-    assert parse(body).messages[0].text() == "ab"
+def test_text_parts_are_joined_with_a_newline_as_prepare_joins_them():
+    from domaintune.data.formats import to_canonical
+
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    body = {**CHAT, "messages": [{"role": "user", "content": parts}]}
+    prepared = to_canonical({"messages": [{"role": "user", "content": parts},
+                                              {"role": "assistant", "content": "c"}]})
+    assert parse(body).messages[0].text() == "a\nb" == prepared["messages"][0]["content"]
 
 
 @pytest.mark.parametrize("patch, param", [
@@ -50,6 +54,9 @@ def test_text_parts_are_joined():
     ({"tools": [{"type": "function"}]}, "tools"),
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"frequency_penalty": 3}, "frequency_penalty"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ({"best_of": 3}, "best_of"),
 ])
 def test_bad_fields_are_named(patch, param):
     with pytest.raises(ApiError) as info:
@@ -73,7 +80,8 @@ def test_non_objects_and_broken_json_are_400(raw):
 
 
 def test_unknown_fields_are_ignored_and_zero_penalties_allowed():
-    req = parse({**CHAT, "some_new_field": 1, "presence_penalty": 0, "logprobs": False, "user": "u1"})
+    req = parse({**CHAT, "some_new_field": 1, "presence_penalty": 0, "logprobs": False, "user": "u1",
+                 "response_format": {"type": "text"}, "best_of": 1})
     assert req.model == "m"
 
 

@@ -10,8 +10,8 @@ from domaintune.models.choice import ChoiceTrie
 from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import get_template
 from domaintune.train.closed_set import answer_choices, mark_choices
-from domaintune.train.collate import IGNORE_INDEX, Example, collate_packed, collate_padded, encode_record
-from domaintune.train.loss import causal_lm_loss, closed_set_loss, next_token_targets
+from domaintune.models.batch import IGNORE_INDEX, Example, collate_packed, collate_padded, encode_record
+from domaintune.models.loss import causal_lm_loss, closed_set_loss, next_token_targets
 
 I = IGNORE_INDEX
 TRIE = ChoiceTrie([[5, 6, 9], [5, 7, 9], [8, 9]], ["a", "b", "c"])
@@ -85,3 +85,33 @@ def test_training_loss_adds_the_term_on_a_real_model(tiny_llama):
         base, n = causal_lm_loss(model, collate_packed(plain))
         both, m = causal_lm_loss(model, collate_packed(marked))
     assert n == m and float(both) > float(base)  # plus a cross-entropy, which is positive
+
+
+def test_validation_accuracy_is_greedy_decoding_in_the_set(tiny_llama):
+    from domaintune.models.codec import pad_id, prompt_ids
+    from domaintune.models.decode import SamplingParams, generate
+    from domaintune.train.step import validation_sums
+
+    tokenizer, template = load_tokenizer(tiny_llama), get_template("chatml")
+    answers = ["cardiology", "neurology", "oncology", "dermatology", "nephrology"]
+    trie = ChoiceTrie.build(answers, template, tokenizer)
+    records = [{"messages": [{"role": "user", "content": f"case {i}: {'pain ' * (i % 4)}fever"},
+                             {"role": "assistant", "content": answers[i % 5] if i < 28 else "radiology"}]}
+               for i in range(30)]  # the last two answer outside the set: always wrong
+    examples, facts = mark_choices([encode_record(r, tokenizer, template, 128).example for r in records], trie)
+    assert facts["examples"] == 28
+    torch.manual_seed(3)
+    model = load_model(tiny_llama).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6)  # sharp distributions: right and wrong answers both occur
+    packed = [collate_packed(examples[i:i + 7]) for i in range(0, 30, 7)]
+    padded = [collate_padded(examples[i:i + 7], pad_id(tokenizer)) for i in range(0, 30, 7)]
+    params = SamplingParams(max_new_tokens=trie.depth, stop_ids=trie.stop_ids, choices=trie)
+    decoded = generate(model, [prompt_ids(template, tokenizer, r["messages"][:1]) for r in records], params,
+                       pad_id(tokenizer))
+    texts = [tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in decoded]
+    right = sum(text == r["messages"][1]["content"] for text, r in zip(texts, records, strict=True))
+    assert 0 < right < 28  # a test that can tell the two apart
+    for batches in (packed, padded):
+        _, _, hits, n = validation_sums(model, batches)
+        assert (hits, n) == (right, 30)

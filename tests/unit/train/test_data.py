@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from domaintune.errors import UserError
 from domaintune.models.templates import get_template
-from domaintune.train.collate import Example, TermWeighter
+from domaintune.models.batch import Example, TermWeighter
 from domaintune.train.data import (BatchStream, collate_rows, curriculum_batches, encode_indexed, encode_split,
                                    epoch_batches, load_split)
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from domaintune.errors import UserError
 from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import get_template
-from domaintune.train.collate import IGNORE_INDEX, TermWeighter, collate_packed, collate_padded, encode_record
+from domaintune.models.batch import IGNORE_INDEX, TermWeighter, collate_packed, collate_padded, encode_record
 from domaintune.train.distill import check_vocab, distill_loss, load_teacher, make_distill_loss
-from domaintune.train.loss import causal_lm_loss, next_token_targets
+from domaintune.models.loss import causal_lm_loss, next_token_targets
 
 # Two chat records (one multi-turn, with Chinese) and one plain text record.
 RECORDS = [json.loads(line) for line in (Path(__file__).parents[2] / "assets" / "mixed_records.jsonl").open(encoding="utf-8")]

@@ -14,11 +14,11 @@ from domaintune.errors import UserError
 from domaintune.methods import get_method
 from domaintune.models.load import load_model
 from domaintune.models.templates import get_template
-from domaintune.train.collate import collate_padded
+from domaintune.models.batch import collate_padded
 from domaintune.train.data import encode_split
 from domaintune.train.forgetting import (MISSING, OTHER, Ewc, build_ewc, fisher_diagonal, length_ranks,
                                          metadata_ranks, replay_records)
-from domaintune.train.loss import causal_lm_loss
+from domaintune.models.loss import causal_lm_loss
 
 
 def chat(a: int, b: int) -> dict:

@@ -11,10 +11,10 @@ from domaintune.config import FreezeOptions, LoraOptions, TrainConfig
 from domaintune.methods.base import get_method
 from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import get_template
-from domaintune.train.collate import collate_packed, encode_record
+from domaintune.models.batch import collate_packed, encode_record
 from domaintune.train.frozen import BuildTooSlow, FrozenPrefix, first_trained_layer
 from domaintune.train.loop import run_training
-from domaintune.train.loss import causal_lm_loss
+from domaintune.models.loss import causal_lm_loss
 
 
 def chat(a: int, b: int) -> dict:

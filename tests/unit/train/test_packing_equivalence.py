@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from domaintune.models.templates import get_template
-from domaintune.train.collate import IGNORE_INDEX, Example, TermWeighter, collate_packed, encode_record
-from domaintune.train.loss import causal_lm_loss, next_token_targets
+from domaintune.models.batch import IGNORE_INDEX, Example, TermWeighter, collate_packed, encode_record
+from domaintune.models.loss import causal_lm_loss, next_token_targets
 
 FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_deepseek_v3"]
 CONVERSATIONS = [

@@ -14,7 +14,7 @@ from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import get_template
 from domaintune.train.callbacks import read_metrics
 from domaintune.train.loop import run_training
-from domaintune.train.loss import causal_lm_loss
+from domaintune.models.loss import causal_lm_loss
 from domaintune.train.plan import AUTO_EXAMPLES, AUTO_MAX_EPOCHS, auto_epochs, steps_within_budget
 from domaintune.train.selection import Selector, resolve_select_by
 

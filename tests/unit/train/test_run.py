@@ -23,7 +23,7 @@ from domaintune.models.templates import get_template
 from domaintune.train.callbacks import read_metrics
 from domaintune.train.forgetting import EWC_FILE, Ewc
 from domaintune.train.loop import run_training
-from domaintune.train.loss import causal_lm_loss
+from domaintune.models.loss import causal_lm_loss
 
 RECIPE = "train:\n  ewc: on\n"
 

@@ -7,9 +7,9 @@ import torch
 
 from domaintune.models.load import load_model
 from domaintune.models.templates import get_template
-from domaintune.train.collate import collate_packed
+from domaintune.models.batch import collate_packed
 from domaintune.train.data import encode_split
-from domaintune.train.loss import causal_lm_loss
+from domaintune.models.loss import causal_lm_loss
 from domaintune.train.step import accumulate_gradients, lr_factor, validation_loss
 
 

@@ -15,7 +15,7 @@ and prompt/prefix tuning's virtual tokens, which only exist inside `PeftModel.fo
 builds the distillation loss from them, so both select and average exactly the same tokens.
 
 The forward always runs with `use_cache=False`: with the config default a DynamicCache is
-created and transformers stops looking for packed sequences (see `train/collate.py`).
+created and transformers stops looking for packed sequences (see `models/batch.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from domaintune.train.collate import IGNORE_INDEX
+from domaintune.models.batch import IGNORE_INDEX
 
 # peft prompt-learning types whose virtual tokens are prepended to the input embeddings (the
 # logits then have extra leading rows); prefix tuning puts them in the KV cache instead.
@@ -70,6 +70,15 @@ def packing_supported(model: Any) -> bool:
     """
     config = _peft_config(model)
     return not (config is not None and getattr(config, "is_prompt_learning", False))
+
+
+def validation_terms(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[float, int, int, int]:
+    """One validation batch in one forward pass: `(summed token losses, supervised tokens, examples
+    answered right, examples)`: the plain loss (no closed-set term) and `closed_set_hits`."""
+    logits, targets, out = supervised_logits(model, batch)
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    loss = add_router_loss(model, out, supervised_mean(ce, batch, logits))
+    return float(loss) * int(ce.numel()), int(ce.numel()), *closed_set_hits(logits, targets, batch)
 
 
 def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -144,6 +153,38 @@ def closed_set_loss(logits: torch.Tensor, targets: torch.Tensor, batch: Mapping[
     picked = logits[rows].float().gather(1, allowed).masked_fill(~mask, float("-inf"))
     right = (allowed == targets[rows][:, None]) & mask
     return (torch.logsumexp(picked, dim=1) - picked.masked_fill(~right, float("-inf")).amax(dim=1)).mean()
+
+
+def closed_set_hits(logits: torch.Tensor, targets: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """`(examples answered right, examples)` of a batch under greedy closed-set decoding, from its
+    teacher-forced logits.
+
+    Greedy decoding inside the answer trie picks, at each decision, the allowed token with the
+    highest logit; along the right answer's path the logits are exactly the teacher-forced ones.
+    So an example is answered right if and only if the right token wins among the allowed ones
+    at every decision of its answer: the accuracy `eval` reports, without decoding. An example
+    whose answer is not in the set has no decisions and counts as wrong.
+
+    Args:
+        logits, targets: `supervised_logits`' `[N, V]` logits and `[N]` targets.
+        batch: the batch, with the `choice_*` tensors of `models.batch` (when some example is in
+            the set) and `position_ids` (packed) or `attention_mask` (padded) to count examples.
+    """
+    if "attention_mask" in batch:
+        examples = int(batch["input_ids"].shape[0])
+    else:
+        examples = int((batch["position_ids"] == 0).sum())
+    if "choice_positions" not in batch:
+        return 0, examples
+    keep = (next_token_targets(batch["labels"]) != IGNORE_INDEX).flatten()
+    rows = (torch.cumsum(keep.long(), 0) - 1)[batch["choice_positions"]]
+    allowed, mask = batch["choice_allowed"], batch["choice_mask"]
+    picked = logits[rows].float().gather(1, allowed).masked_fill(~mask, float("-inf"))
+    right = allowed.gather(1, picked.argmax(dim=1, keepdim=True))[:, 0] == targets[rows]
+    owner = batch["choice_example"]
+    wrong = torch.zeros(examples, dtype=torch.bool, device=owner.device).index_fill_(0, owner[~right], True)
+    decided = torch.zeros(examples, dtype=torch.bool, device=owner.device).index_fill_(0, owner, True)
+    return int((decided & ~wrong).sum()), examples
 
 
 def supervised_logits(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:

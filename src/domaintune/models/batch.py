@@ -14,7 +14,7 @@ Batches come in two shapes:
   varlen boundaries (batch size 1 only, as here). Detection is skipped when an `attention_mask`
   or a KV cache is present, so the forward MUST run with `use_cache=False`: the config default,
   True, creates an empty DynamicCache and silently lets conversations attend to each other
-  (measured on tiny LLaMA/Qwen2/DeepSeek-V3). `domaintune.train.loss.causal_lm_loss` does this.
+  (measured on tiny LLaMA/Qwen2/DeepSeek-V3). `domaintune.models.loss.causal_lm_loss` does this.
 * padded (`collate_padded`): right-padded rows with an `attention_mask`, for when packing is off
   and for prefix/prompt tuning, whose virtual tokens break packed-sequence detection.
 
@@ -22,7 +22,7 @@ Batches come in two shapes:
 
 Term-aware training: with a `TermWeighter`, `encode_record` gives every trained token that
 overlaps a domain term (from the terminology dictionary) a loss weight above 1, and both collate
-functions then add a `loss_weights` tensor that `train.loss.causal_lm_loss` turns into a
+functions then add a `loss_weights` tensor that `models.loss.causal_lm_loss` turns into a
 weighted mean.
 """
 
@@ -311,19 +311,21 @@ def _with_choices(batch: dict[str, torch.Tensor], examples: Sequence[Example],
                   starts: Sequence[int]) -> dict[str, torch.Tensor]:
     """Add the examples' closed-set decisions: `choice_positions` (`[M]`, flat indices into the
     `[B, T]` targets: the position that predicts the decided token), `choice_allowed` (`[M, K]`
-    token ids) and `choice_mask` (`[M, K]`, False on padding). `starts[i]`: example i's flat start."""
-    found = [(start + pos - 1, allowed) for ex, start in zip(examples, starts, strict=True)
+    token ids), `choice_mask` (`[M, K]`, False on padding) and `choice_example` (`[M]`, the example
+    each decision belongs to, in batch order). `starts[i]`: example i's flat start."""
+    found = [(start + pos - 1, allowed, i) for i, (ex, start) in enumerate(zip(examples, starts, strict=True))
              for pos, allowed in ex.choices or ()]
     if not found:
         return batch
-    width = max(len(allowed) for _, allowed in found)
+    width = max(len(allowed) for _, allowed, _ in found)
     ids = torch.zeros((len(found), width), dtype=torch.long)
     mask = torch.zeros((len(found), width), dtype=torch.bool)
-    for row, (_, allowed) in enumerate(found):
+    for row, (_, allowed, _) in enumerate(found):
         ids[row, :len(allowed)] = torch.tensor(allowed, dtype=torch.long)
         mask[row, :len(allowed)] = True
-    return {**batch, "choice_positions": torch.tensor([p for p, _ in found], dtype=torch.long),
-            "choice_allowed": ids, "choice_mask": mask}
+    return {**batch, "choice_positions": torch.tensor([p for p, _, _ in found], dtype=torch.long),
+            "choice_allowed": ids, "choice_mask": mask,
+            "choice_example": torch.tensor([i for _, _, i in found], dtype=torch.long)}
 
 
 def collate_padded(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Tests for train/collate.py: label masks, truncation, packing, collation, length grouping, term weights."""
+"""Tests for models/batch.py: label masks, truncation, packing, collation, length grouping, term weights."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from domaintune.errors import UserError
 from domaintune.models.templates import IM_END, get_template
-from domaintune.train.collate import (
+from domaintune.models.batch import (
     IGNORE_INDEX, SKIP_NO_TRAINED_TOKENS, SKIP_TOO_LONG, Example, TermWeighter, collate_packed, collate_padded,
     encode_record, length_grouped_order, pack_examples,
 )

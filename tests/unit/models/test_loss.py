@@ -1,4 +1,4 @@
-"""Tests for train/loss.py: the selected-position loss equals transformers' loss; weights; counts."""
+"""Tests for models/loss.py: the selected-position loss equals transformers' loss; weights; counts."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from domaintune.models.templates import get_template
-from domaintune.train.collate import IGNORE_INDEX, collate_packed, collate_padded, encode_record
-from domaintune.train.loss import causal_lm_loss, next_token_targets, packing_supported, token_counts
+from domaintune.models.batch import IGNORE_INDEX, collate_packed, collate_padded, encode_record
+from domaintune.models.loss import causal_lm_loss, next_token_targets, packing_supported, token_counts
 
 FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_deepseek_v3"]
 # Two chat records (one multi-turn, with Chinese) and one plain text record.
