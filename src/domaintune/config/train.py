@@ -107,9 +107,10 @@ class TrainConfig(Section):
                                 "is fitted to it after the first steps (--time-budget).")
     select_by: Literal["auto", "loss", "accuracy", "macro_f1", "exact_match", "chrf"] = Field(
         "auto", description="What picks the best checkpoint and drives early stopping: validation loss, or the "
-                            "task's metric on decoded validation answers; 'auto': accuracy when the answers form a "
-                            "closed set, else loss.")
-    val_samples: int = Field(200, ge=1, description="Validation rows decoded for a task metric (select_by).")
+                            "task's metric on validation answers; 'auto': accuracy when the answers form a closed set "
+                            "(read off the loss pass: greedy closed-set decoding's accuracy), else loss.")
+    val_samples: int = Field(200, ge=1, description="Validation rows decoded for a task metric (select_by); "
+                                                    "closed-set accuracy needs no decoding and uses every row.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (overrides epochs).")
     learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (docs/quality.md: the default "
                                                          "measured across the benchmark's tasks).")

@@ -58,6 +58,10 @@ MIN_CACHE_PASSES = 1.5  # epochs below which the frozen-layer cache costs more t
 
 log = logging.getLogger(__name__)
 AUTO_VALIDATIONS = 6  # validations per run with eval_every: auto
+# Under a time budget (eval_every: auto), validations may take this share of the time left after
+# the first steps; the last step is always validated. A 4-minute run on 2 cores validates once (its
+# ~11 s loss pass would otherwise cost 6 of its ~35 steps); a 15-minute one about 6 times.
+BUDGET_VALIDATION_SHARE = 0.1
 _console = Console(stderr=True)
 FULL_WEIGHT_METHODS = ("full", "freeze")  # saved as "model"; every other method as "adapter"
 
@@ -426,9 +430,9 @@ class Run:
         if budget is not None and "budget_total_steps" not in extra:
             val_s = extra.get("validation_seconds", 0.0) if self.val_batches else 0.0
             auto = not isinstance(self.cfg.eval_every, int)
-            if auto:  # fewer validations, not fewer steps: at most a quarter of what is left goes to them
+            if auto:  # fewer validations, not fewer steps: at most BUDGET_VALIDATION_SHARE of what is left
                 left = max(0.0, budget - self._elapsed())
-                extra["budget_validations"] = max(1, min(AUTO_VALIDATIONS, int(0.25 * left / val_s))) \
+                extra["budget_validations"] = max(1, min(AUTO_VALIDATIONS, int(BUDGET_VALIDATION_SHARE * left / val_s))) \
                     if val_s > 0 else AUTO_VALIDATIONS
             fitted = total
             for _ in range(3):  # with eval_every: auto the validations follow the fitted length

@@ -91,7 +91,7 @@ def test_slow_validations_under_a_budget_mean_fewer_validations_not_fewer_steps(
     result = train(tiny_llama, tmp_path / "run", cfg, records, select_by="accuracy", task_metric=slow_metric)
     vals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "val"]
     # 6 validations of 0.6 s would take most of the budget and leave a handful of steps; the fit keeps
-    # validations to a quarter of what is left, so most of the budget trains
+    # validations to a share of what is left (run.BUDGET_VALIDATION_SHARE), so most of the budget trains
     assert len(vals) <= 3 and result.steps >= 20
 
 
