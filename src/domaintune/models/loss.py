@@ -147,12 +147,18 @@ def closed_set_loss(logits: torch.Tensor, targets: torch.Tensor, batch: Mapping[
     Returns:
         A scalar: the mean over the M decisions.
     """
+    picked, target = _decision_logits(logits, targets, batch)
+    right = (batch["choice_allowed"] == target[:, None]) & batch["choice_mask"]
+    return (torch.logsumexp(picked, dim=1) - picked.masked_fill(~right, float("-inf")).amax(dim=1)).mean()
+
+
+def _decision_logits(logits: torch.Tensor, targets: torch.Tensor,
+                     batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`([M, K] logits of the allowed tokens, -inf on padding; [M] right token)` of each decision."""
     keep = (next_token_targets(batch["labels"]) != IGNORE_INDEX).flatten()
     rows = (torch.cumsum(keep.long(), 0) - 1)[batch["choice_positions"]]
-    allowed, mask = batch["choice_allowed"], batch["choice_mask"]
-    picked = logits[rows].float().gather(1, allowed).masked_fill(~mask, float("-inf"))
-    right = (allowed == targets[rows][:, None]) & mask
-    return (torch.logsumexp(picked, dim=1) - picked.masked_fill(~right, float("-inf")).amax(dim=1)).mean()
+    picked = logits[rows].float().gather(1, batch["choice_allowed"]).masked_fill(~batch["choice_mask"], float("-inf"))
+    return picked, targets[rows]
 
 
 def closed_set_hits(logits: torch.Tensor, targets: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[int, int]:
@@ -176,11 +182,8 @@ def closed_set_hits(logits: torch.Tensor, targets: torch.Tensor, batch: Mapping[
         examples = int((batch["position_ids"] == 0).sum())
     if "choice_positions" not in batch:
         return 0, examples
-    keep = (next_token_targets(batch["labels"]) != IGNORE_INDEX).flatten()
-    rows = (torch.cumsum(keep.long(), 0) - 1)[batch["choice_positions"]]
-    allowed, mask = batch["choice_allowed"], batch["choice_mask"]
-    picked = logits[rows].float().gather(1, allowed).masked_fill(~mask, float("-inf"))
-    right = allowed.gather(1, picked.argmax(dim=1, keepdim=True))[:, 0] == targets[rows]
+    picked, target = _decision_logits(logits, targets, batch)
+    right = batch["choice_allowed"].gather(1, picked.argmax(dim=1, keepdim=True))[:, 0] == target
     owner = batch["choice_example"]
     wrong = torch.zeros(examples, dtype=torch.bool, device=owner.device).index_fill_(0, owner[~right], True)
     decided = torch.zeros(examples, dtype=torch.bool, device=owner.device).index_fill_(0, owner, True)
