@@ -11,7 +11,8 @@ position ids and per-row samplers. Joining pads the shorter side's cache on the 
 so both have the same length, then concatenates along the batch dimension; a padded row still sees
 exactly its own tokens at its own positions, so a row decodes the same tokens whether it joined
 a running batch or decoded alone (the tests check greedy ids). Rows leave with
-`Cache.batch_select_indices`, as in `decode.py`.
+`Cache.batch_select_indices`, as in `decode.py`, and the cache columns no remaining row attends
+to are dropped with them, so a batch that never empties stays as wide as its longest row.
 
 Joining needs a cache whose layers are plain `DynamicLayer`s (key/value tensors that grow along
 the sequence). Models whose caches are anything else (sliding-window layers, prompt/prefix tuning,
@@ -171,6 +172,25 @@ class RunningBatch:
         for name in ("keys", "_params", "_samplers", "_counts"):
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in keep])
+        self._trim()
+
+    def _trim(self) -> None:
+        # A batch that never empties would otherwise keep every column any row ever had: the
+        # longest row leaves, the left padding the others got for it stays, and the cache only
+        # grows (a 5-minute soak took the server from 968 to 1,987 MiB). Columns that no running
+        # row attends to are dropped; positions are per row, so no row's tokens change.
+        used = self._mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else self._mask.shape[1]
+        if start == 0:
+            return
+        for layer in _layers(self._cache):
+            layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+        self._mask = self._mask[:, start:]
+
+    @property
+    def width(self) -> int:
+        """Columns of the KV cache now (the longest running row's tokens so far, after trimming)."""
+        return 0 if self._mask is None else int(self._mask.shape[1])
 
     def _join(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor) -> None:
         # Everything is computed before anything is assigned: a join that fails (out of memory, a

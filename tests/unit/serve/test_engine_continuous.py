@@ -169,3 +169,22 @@ def test_sliding_window_models_decode_in_fixed_batches(model):
         for name in ("sliding_window", "use_sliding_window"):
             if hasattr(config, name):
                 delattr(config, name)
+
+
+def test_a_batch_that_never_empties_stays_as_wide_as_its_longest_row(model):
+    """Rows come and go for 60 steps; the cache keeps only the columns running rows attend to."""
+    batch = RunningBatch(model, pad_id=0)
+    seen: dict[int, list[int]] = {}
+    lengths = [10, 2, 6, 3, 8, 2, 5]
+    for step in range(60):
+        if step % 3 == 0:  # a new row every third step, each making 7 tokens
+            key = step
+            seen[key] = [(key % 11) + 1] * lengths[(step // 3) % len(lengths)]
+            batch.add([key], [list(seen[key])], [SamplingParams(max_new_tokens=7)])
+        assert batch.width == max(len(seen[key]) for key in batch.keys)
+        with torch.no_grad():
+            for row, key in enumerate(batch.keys):
+                expected = model(input_ids=torch.tensor([seen[key]])).logits[0, -1]
+                torch.testing.assert_close(batch._logits[row], expected, atol=1e-4, rtol=0)
+        for key, token in batch.step():
+            seen[key].append(token)
