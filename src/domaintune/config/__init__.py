@@ -22,12 +22,12 @@ from domaintune.config.prepare import (ChunkConfig, CleanConfig, DedupConfig, In
                                        PrepareConfig, RegexRule, SplitConfig)
 from domaintune.config.retrieval import RetrievalConfig
 from domaintune.config.recipe import ModelConfig, Recipe, apply_overrides, load_recipe
-from domaintune.config.train import (CurriculumConfig, EwcConfig, LayerGroupConfig, ReplayConfig, StageConfig,
-                                     TrainConfig)
+from domaintune.config.train import (CurriculumConfig, DistributedConfig, EwcConfig, LayerGroupConfig, ReplayConfig,
+                                     StageConfig, TrainConfig)
 
 __all__ = [
     "METHOD_NAMES", "AdapterOptions", "ChunkConfig", "CleanConfig", "CompareConfig", "EvalConfig", "CurriculumConfig", "DedupConfig",
-    "DistillOptions", "EwcConfig", "FreezeOptions", "FullOptions", "IA3Options", "InputSpec", "LayerGroupConfig",
+    "DistillOptions", "DistributedConfig", "EwcConfig", "FreezeOptions", "FullOptions", "IA3Options", "InputSpec", "LayerGroupConfig",
     "LoraOptions", "MethodConfig", "MixConfig", "ModelConfig", "PiiConfig", "PrefixOptions", "PrepareConfig",
     "PromptOptions", "QLoraOptions", "Recipe", "RegexRule", "ReplayConfig", "RetrievalConfig", "Section", "SplitConfig",
     "StageConfig", "TrainConfig", "apply_overrides", "field_help", "load_recipe",

@@ -95,6 +95,19 @@ class StageConfig(Section):
                                                                 "(default: train.learning_rate).")
 
 
+class DistributedConfig(Section):
+    """How several processes (torchrun / accelerate launch) share the model; ignored with one process."""
+
+    strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="ddp: every process holds all the weights, gradients are summed (FSDP2's replicated "
+                           "mesh); fsdp2: parameters, gradients and optimizer states are sharded over the processes "
+                           "(torch's fully_shard, each decoder layer one unit, then the root).")
+    reshard_after_forward: bool = Field(True, description="fsdp2: free each layer's gathered weights after its "
+                                                          "forward (less memory, one more all-gather in backward).")
+    cpu_offload: bool = Field(False, description="fsdp2: keep the shards, their gradients and the optimizer step on "
+                                                 "the CPU (torch's CPUOffloadPolicy).")
+
+
 class TrainConfig(Section):
     data_dir: str = Field("prepared", description="Output folder of `prepare` (train.jsonl, val.jsonl).")
     output_dir: str = Field("runs/run", description="Run folder: adapter or model, checkpoints, metrics, plots.")
@@ -163,6 +176,8 @@ class TrainConfig(Section):
                                "trained in one run on the records whose metadata field `domain_field` names it, "
                                "saved side by side as adapters/<domain>/ for the server's router.")
     domain_field: str = Field("domain", description="Metadata key holding each record's domain tag (with domains).")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="Several processes: data parallel or FSDP2 sharding.")
 
     @field_validator("epochs", mode="before")
     @classmethod

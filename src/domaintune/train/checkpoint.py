@@ -150,7 +150,8 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
         run_dir: the run's output folder; checkpoints go to ``run_dir/checkpoints/``.
         step: optimizer steps completed; must equal ``state.step``.
         trainable: name -> parameter for every trainable parameter (the optimizer's params).
-        optimizer: the optimizer; its state_dict is split into safetensors and JSON.
+        optimizer: the optimizer; its state_dict is split into safetensors and JSON. A sharded run
+            passes a `sharding.Gathered` (its full tensors as `trainable`), so the files are the same.
         scheduler: the LR scheduler (anything with ``state_dict``), or None.
         state: the loop position; ``state.micro_step > 0`` names the folder ``step-N-micro-M``.
         recipe_yaml: the resolved recipe, saved as recipe.resolved.yaml.
@@ -348,8 +349,9 @@ def checkpoint_problem(path: Path) -> str | None:
 
 
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    param_names: list[str]) -> tuple[dict[str, torch.Tensor], TrainState, dict, str,
-                                                     dict[str, torch.Tensor] | None]:
+                    param_names: list[str],
+                    localize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                    ) -> tuple[dict[str, torch.Tensor], TrainState, dict, str, dict[str, torch.Tensor] | None]:
     """Verify a checkpoint, restore optimizer and scheduler in place, and return the rest.
 
     Args:
@@ -357,6 +359,8 @@ def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any
         optimizer: a fresh optimizer over the same parameters, in the same order, as when saved.
         scheduler: a fresh scheduler on that optimizer, or None if the run had none.
         param_names: names of the trainable parameters, in the optimizer's order.
+        localize: turns the saved (full) optimizer state into the one the optimizer holds, for a
+            sharded run (`sharding.localize_optimizer_state`); None: as saved.
 
     Returns:
         ``(trainable, state, rng, recipe_yaml, accum_grads)``: trainable tensors (CPU, keyed and
@@ -373,7 +377,7 @@ def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any
                         hint="resume from another checkpoint, or delete this folder")
     tensors = load_file(str(path / "model.safetensors"), device="cpu")
     _check_names(path, set(tensors), param_names)
-    _load_optimizer(path, optimizer, param_names)
+    _load_optimizer(path, optimizer, param_names, localize)
     _load_scheduler(path, scheduler)
     state = TrainState(**_read_json(path / "state.json"))
     accum = path / "accum_grads.safetensors"
@@ -394,13 +398,16 @@ def _check_names(path: Path, saved: set[str], param_names: list[str]) -> None:
                         hint="resume with the same model and training method the checkpoint was saved with")
 
 
-def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, param_names: list[str]) -> None:
+def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, param_names: list[str],
+                    localize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     saved = _read_json(path / "optimizer.json")
     names = saved["param_names"]
     if None not in names and names != list(param_names):
         raise UserError("trainable parameters are in a different order than when the checkpoint was saved",
                         file=str(path / "optimizer.json"), hint="build the optimizer over the same parameters")
     state_dict = _decode(saved["state_dict"], load_file(str(path / "optimizer.safetensors"), device="cpu"))
+    if localize is not None:
+        state_dict = localize(state_dict)
     try:
         optimizer.load_state_dict(state_dict)
     except ValueError as err:

@@ -1,4 +1,4 @@
-"""Data-parallel training across the processes of `accelerate launch` (or torchrun), with plain collectives.
+"""Training across the processes of `accelerate launch` (or torchrun): who does what, and the collectives.
 
     accelerate launch --multi_gpu --num_processes 8 -m domaintune train --config recipe.yaml  # 8 GPUs, NCCL
     accelerate launch --multi_gpu --num_processes 2 -m domaintune train --config recipe.yaml  # no CUDA: CPU, gloo
@@ -16,21 +16,20 @@ leaves the single-process path exactly as it was. Design:
   the same steps as one process with `grad_accum x W`.
 * Loss weighting stays exact: the step's supervised-token count N is summed over processes
   before any backward, so each micro-batch still weighs n_i/N.
-* Gradients: no DDP wrapper. After accumulation the trainable parameters' gradients are
-  SUM-reduced once per step (with LoRA nearly every parameter is frozen, and accumulation needs
-  no per-micro-batch sync). Every process then clips and steps the same AdamW on the same
-  gradients. A parameter that got no gradient on any process (an MoE expert no token reached)
-  keeps none, as in one process, so AdamW skips it there too.
-* Validation is dealt out the same way and its sums reduced: every process sees the same loss
-  and takes the same early-stopping and checkpoint decisions.
+* Gradients: torch's FSDP2 (`train/sharding.py`): `train.distributed.strategy` ddp replicates the
+  weights, fsdp2 shards them; either way gradients are SUM-reduced once per step, after the last
+  micro-batch, and every process clips on the full norm and steps AdamW on its (shard of the)
+  parameters.
+* Validation is dealt out the same way (padded to equal counts: an FSDP2 forward is a collective)
+  and its sums reduced: every process sees the same loss and takes the same decisions.
 * Only process 0 writes (checkpoints, metrics.jsonl, progress bar, summary.json, the artifact).
   Checkpoints are taken at step boundaries only (mid-accumulation the gradients are partial per
   process) and hold every process's RNG state, so a resume with as many processes is exact (one
   with another count is refused unless forced). A Ctrl-C reaching any process is agreed on at
   the end of the step, then all checkpoint and stop (torchrun itself may terminate the workers
   on Ctrl-C first; `--resume` then starts from the last periodic checkpoint).
-* DeepSpeed ZeRO and FSDP are not implemented by this loop: under such an accelerate config the
-  run is plain data parallel (every process holds all the weights), and a warning says so.
+* An accelerate config asking for DeepSpeed or accelerate's FSDP is not what this loop runs: a
+  warning points to `train.distributed` (this loop's FSDP2), see docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -46,12 +45,12 @@ import torch
 from domaintune.errors import UserError
 from domaintune.models.loss import token_counts
 from domaintune.train.rng import capture_rng, restore_rng
+from domaintune.train.sharding import equal_shares
 from domaintune.train.step import LossFn, accumulate_gradients, validation_sums
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_BUCKET = 1 << 24  # elements per gradient all-reduce (64 MB of fp32), as DDP buckets do
 _SHARDING = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
 
 
@@ -107,8 +106,8 @@ def init_distributed() -> Dist:
     state = PartialState(cpu=cpu)
     for var, name in _SHARDING.items():
         if os.environ.get(var, "").lower() == "true" and state.process_index == 0:
-            log.warning("%s was asked for, but domaintune's loop trains plain data parallel: every process holds "
-                        "all the weights, gradients and optimizer states (no ZeRO/FSDP sharding)", name)
+            log.warning("%s was asked for in the accelerate config, but domaintune's loop shards with torch's FSDP2: "
+                        "set train.distributed.strategy: fsdp2 (docs/distributed.md)", name)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
     return Dist(state.process_index, state.num_processes, local, state.device)
 
@@ -139,61 +138,17 @@ def step_totals(batches: Sequence[Mapping[str, torch.Tensor]], dist: Dist) -> tu
     return int(supervised), int(tokens)
 
 
-def all_reduce_gradients(params: Mapping[str, torch.Tensor], dist: Dist, bucket: int = _BUCKET) -> None:
-    """SUM the `.grad` of `params` over processes, in place; a gradient absent everywhere stays None.
-
-    A parameter with a gradient on some processes only (an MoE expert no local token reached)
-    takes part with zeros there and ends up with the sum on every process.
-
-    Args:
-        params: the trainable parameters, in the same order on every process.
-        dist: this process's `Dist`; nothing happens with one process.
-        bucket: elements per all-reduce call.
-    """
-    if not dist.active:
-        return
-    tensors = list(params.values())
-    present = torch.tensor([p.grad is not None for p in tensors], dtype=torch.float32, device=dist.device)
-    torch.distributed.all_reduce(present)
-    for group in _buckets(tensors, bucket):
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
-        torch.distributed.all_reduce(flat)
-        for p, summed in zip(group, flat.split([p.numel() for p in group])):
-            if p.grad is None:
-                p.grad = summed.view_as(p).clone()  # a view would keep the whole bucket alive
-            else:
-                p.grad.copy_(summed.view_as(p))
-    for p, seen in zip(tensors, present.tolist()):
-        if not seen:
-            p.grad = None
-
-
-def _buckets(tensors: Sequence[torch.Tensor], size: int) -> list[list[torch.Tensor]]:
-    """Consecutive groups of one dtype and device, each up to `size` elements (a bigger tensor alone)."""
-    groups: list[list[torch.Tensor]] = []
-    count = 0
-    for t in tensors:
-        last = groups[-1][-1] if groups else None
-        if last is None or (last.dtype, last.device) != (t.dtype, t.device) or count + t.numel() > size:
-            groups.append([])
-            count = 0
-        groups[-1].append(t)
-        count += t.numel()
-    return groups
-
-
 def accumulate_across(model: Any, batches: Sequence[dict[str, torch.Tensor]], loss_fn: LossFn,
-                      params: Mapping[str, torch.Tensor], stopping: Callable[[], bool],
+                      stopping: Callable[[], bool],
                       dist: Dist) -> tuple[float, int, int, bool]:
     """`step.accumulate_gradients` over this process's share of a step, then the sums over every process.
 
-    Each micro-batch weighs n_i/N with N the whole step's supervised tokens; afterwards the
-    gradients and token losses are summed, and a Ctrl-C on any process is agreed on.
+    Each micro-batch weighs n_i/N with N the whole step's supervised tokens; FSDP2 sums the
+    gradients in the last backward; the token losses are summed and a Ctrl-C on any process is agreed on.
 
     Args:
         model, loss_fn: as in `accumulate_gradients`.
         batches: this process's micro-batches (`BatchStream.take(..., part=(rank, world))`).
-        params: the trainable parameters, whose gradients are summed.
         stopping: whether this process was asked to stop, read once its micro-batches are done.
         dist: this process's `Dist`.
 
@@ -202,7 +157,6 @@ def accumulate_across(model: Any, batches: Sequence[dict[str, torch.Tensor]], lo
     """
     totals = step_totals(batches, dist)
     loss_sum, supervised, tokens = accumulate_gradients(model, batches, 0, None, loss_fn, totals)
-    all_reduce_gradients(params, dist)
     loss_sum, stops = all_reduce_sums([loss_sum, float(stopping())], dist)
     return loss_sum, supervised, tokens, stops > 0
 
@@ -288,6 +242,10 @@ def validation_across(model: Any, batches: Sequence[dict[str, torch.Tensor]],
     if not dist.active:
         total, count, hits, examples = validation_sums(model, batches)
     else:
-        total, count, hits, examples = all_reduce_sums(validation_sums(model, shard(batches, dist)), dist)
+        mine, counted = equal_shares(batches, dist.rank, dist.world)
+        sums = validation_sums(model, mine[:counted])
+        if len(mine) > counted:  # the padding runs (every process forwards as often) and is not counted
+            validation_sums(model, mine[counted:])
+        total, count, hits, examples = all_reduce_sums(sums, dist)
     marked = any("choice_positions" in b for b in batches)
     return (total / count if count else None), (100.0 * hits / examples if marked and examples else None)

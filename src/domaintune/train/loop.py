@@ -16,8 +16,8 @@ No HF Trainer: its checkpoints pickle the optimizer and RNG states, ours are saf
   CPU resume bit-identical. Ctrl-C checkpoints (mid-accumulation if need be) and stops.
 * `train/inputs.py` + `train/forgetting.py`: replay, curriculum, term weights, EWC reference.
 * `train/stages.py`: `train.stages`, one run per stage, the model carried over.
-* `train/distributed.py`: the same recipe under `accelerate launch` (data parallel; process 0
-  writes), e.g. `accelerate launch --multi_gpu --num_processes 2 -m domaintune train --config r.yaml`.
+* `train/distributed.py` + `train/sharding.py`: the same recipe under `accelerate launch` or
+  torchrun (FSDP2, replicated or sharded by `train.distributed`; process 0 writes), e.g. `accelerate launch --multi_gpu --num_processes 2 -m domaintune train --config r.yaml`.
 * fp32 on CPU; fp32 master weights with bf16 autocast on CUDA.
 """
 
@@ -37,6 +37,7 @@ from domaintune.methods.base import trainable_report
 from domaintune.models.codec import pad_id as codec_pad_id
 from domaintune.train.data import load_split
 from domaintune.train.distributed import Dist, broadcast_parameters, init_distributed, rank_seed
+from domaintune.train.sharding import refuse_unsupported, shard_model
 from domaintune.train.inputs import build_inputs
 from domaintune.models.loss import causal_lm_loss
 from domaintune.methods.artifact import RECIPE_FILE, SUMMARY_FILE
@@ -107,6 +108,8 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
     if cfg.stages and dist.active:
         raise UserError("train.stages cannot run under several processes yet",
                         hint="run each stage as its own recipe, or launch one process")
+    if dist.active:
+        refuse_unsupported(cfg.distributed.strategy, cfg.ewc is not None, select_by not in (LOSS, "accuracy"))
     seed_all(cfg.seed)
     torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist.local_world))
     configs = cfg.stage_configs()
@@ -117,6 +120,7 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
         broadcast_parameters({n: p for n, p in model.named_parameters() if p.requires_grad}, dist)
         if not dist.main:  # dropout and noise differ between processes; process 0 draws as one process would
             seed_all(rank_seed(cfg.seed, dist))
+        shard_model(model, dist, **cfg.distributed.model_dump())  # before the optimizer is built
     shared = Shared(model, method, codec_pad_id(tokenizer), recipe_yaml, loss_fn or causal_lm_loss, model_path, callbacks, progress,
                     peak_flops, dist, select_by if not cfg.stages else LOSS, task_metric)
     if cfg.stages:

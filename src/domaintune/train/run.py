@@ -52,6 +52,7 @@ from domaintune.train.plan import REPLAN_AFTER_STEPS, Plan, cache_build_cap, res
 from domaintune.train.resume_checks import check_free_disk, check_resume_recipe
 from domaintune.train.rng import capture_rng, restore_rng
 from domaintune.train.selection import LOSS, Selector, TaskMetric
+from domaintune.train.sharding import Gathered, full, full_weights, is_sharded, load_full, localize_optimizer_state
 from domaintune.train.step import LossFn, accumulate_gradients, lr_factor, neftune
 
 MIN_CACHE_PASSES = 1.5  # epochs below which the frozen-layer cache costs more than it saves
@@ -298,7 +299,10 @@ class Run:
         from domaintune.models.loss import causal_lm_loss
 
         extra = self.state.extra
-        if not self.cfg.cache_frozen or self.loss_fn is not causal_lm_loss or extra.get("frozen_cache") is False:
+        # Under fsdp2 the frozen layers are sharded: each process would gather them on its own clock.
+        sharded = is_sharded(self.model) and self.cfg.distributed.strategy == "fsdp2"
+        if not self.cfg.cache_frozen or self.loss_fn is not causal_lm_loss or extra.get("frozen_cache") is False \
+                or sharded:
             extra.setdefault("frozen_cache", False)
             return
         # Building costs one forward pass of the frozen layers over every example; it saves one per later
@@ -344,10 +348,15 @@ class Run:
 
     def _restore(self, path: Path, force: bool) -> None:
         check_resume_recipe((path / RECIPE_FILE).read_text(encoding="utf-8"), self.recipe_yaml, force)
-        weights, self.state, rng, _, grads = load_checkpoint(path, self.optimizer, self.scheduler, self.names)
+        sharded = is_sharded(self.model)
+        localize = partial(localize_optimizer_state, self.optimizer) if sharded else None
+        weights, self.state, rng, _, grads = load_checkpoint(path, self.optimizer, self.scheduler, self.names, localize)
+        if sharded:  # every process keeps its shard (mid-step checkpoints are one process's only)
+            load_full(self.params, weights)
         with torch.no_grad():
             for name, param in self.params.items():
-                param.copy_(weights[name])
+                if not sharded:
+                    param.copy_(weights[name])
                 param.grad = grads[name].to(param.device) if grads is not None and name in grads else None
         if "budget_total_steps" in self.state.extra:  # the schedule a time budget fitted, as it was
             self._set_schedule(self.state.extra["budget_total_steps"])
@@ -462,7 +471,7 @@ class Run:
         with self._top_only():
             if dist.active:  # no checkpoint mid-step: until the step's end, gradients are this process's part only
                 loss_sum, supervised, tokens, self._stop_agreed = accumulate_across(
-                    self.model, batches, self.loss_fn, self.params, lambda: stop.requested, dist)
+                    self.model, batches, self.loss_fn, lambda: stop.requested, dist)
             else:
                 loss_sum, supervised, tokens = accumulate_gradients(self.model, batches, state.micro_step,
                                                                     after_micro, self.loss_fn)
@@ -501,7 +510,7 @@ class Run:
         if self.cfg.layer_groups:
             out["group_grad_norms"] = clip_grad_norms(self.optimizer.param_groups, None)
         norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.max_grad_norm or math.inf)
-        return {"grad_norm": float(norm), **out}
+        return {"grad_norm": float(full(norm)), **out}
 
     @property
     def eval_every(self) -> int:
@@ -567,6 +576,8 @@ class Run:
     def _save(self) -> Path:
         self._elapsed()
         ranks_rng = gather_rng(self.dist)
+        # Sharded: every process takes part in gathering the full tensors; process 0 writes them.
+        gathered = Gathered(self.params, self.optimizer) if is_sharded(self.model) else None
         if not self.dist.main:
             return self.run_dir / CHECKPOINTS_DIR / checkpoint_name(self.state.step)
         if ranks_rng is not None:  # the other processes' streams, so a resume continues each of them
@@ -574,8 +585,11 @@ class Run:
         grads = None
         if self.state.micro_step:
             grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
+        params, optimizer = self.params, self.optimizer
+        if gathered is not None:
+            params, optimizer = gathered.trainable, gathered
         try:
-            return save_checkpoint(self.run_dir, self.state.step, self.params, self.optimizer, self.scheduler,
+            return save_checkpoint(self.run_dir, self.state.step, params, optimizer, self.scheduler,
                                    self.state, self.recipe_yaml, ranks_rng[0] if ranks_rng else capture_rng(),
                                    keep_last=self.cfg.keep_checkpoints,
                                    accum_grads=grads)
@@ -591,11 +605,12 @@ class Run:
             self._load_best(best)
         self.model.eval()
         out = self.run_dir / ("model" if method.name in FULL_WEIGHT_METHODS else "adapter")
-        if self.dist.main:
-            # Saved into a sibling folder renamed into place: a crash mid-save leaves the previous
-            # artifact whole (and `--resume` on a finished run writes it again from the checkpoint).
-            with atomic_folder(out) as tmp:
-                method.save(self.model, tmp)
+        with full_weights(self.model, self.dist.main):  # sharded: the whole weights, on process 0
+            if self.dist.main:
+                # Saved into a sibling folder renamed into place: a crash mid-save leaves the previous
+                # artifact whole (and `--resume` on a finished run writes it again from the checkpoint).
+                with atomic_folder(out) as tmp:
+                    method.save(self.model, tmp)
         return out
 
     def _load_best(self, step: int) -> None:
@@ -604,10 +619,7 @@ class Run:
         if problem is not None:
             log.warning("best checkpoint %s is unusable (%s); saving the last step's weights instead", path, problem)
             return
-        weights = load_file(str(path / "model.safetensors"))
-        with torch.no_grad():
-            for name, param in self.params.items():
-                param.copy_(weights[name])
+        load_full(self.params, load_file(str(path / "model.safetensors")))
 
     def summary(self, method_name: str, reason: str, memory: facts.MemoryEstimate, model_path: Path | None,
                 peak_flops: float | None) -> dict[str, Any]:
@@ -621,6 +633,6 @@ class Run:
             val_batches=self.val_batches, recipe_yaml=self.recipe_yaml, model_path=model_path,
             peak_flops=peak_flops, home=domaintune_home(), select_by=self.selector.metric)
         if self.dist.active:  # tokens/s is the whole job's; MFU is per device
-            base["processes"] = self.dist.world
+            base["processes"], base["distributed"] = self.dist.world, self.cfg.distributed.strategy
             base["mfu"] = base["mfu"] / self.dist.world if base["mfu"] else None
         return {**base, **self.inputs.facts}

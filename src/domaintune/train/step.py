@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from domaintune.models.loss import causal_lm_loss, token_counts, validation_terms
+from domaintune.train.sharding import sync_gradients
 
 LossFn = Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
 
@@ -89,6 +90,7 @@ def accumulate_gradients(model: Any, batches: Sequence[dict[str, torch.Tensor]],
     for i in range(start, len(batches)):
         with autocast(device):
             loss, n = loss_fn(model, to_device(batches[i], device))
+        sync_gradients(model, last=i == len(batches) - 1)  # several processes: reduce once per step
         (loss * (n / supervised)).backward()
         loss_sum += loss.item() * n
         if after_micro is not None:

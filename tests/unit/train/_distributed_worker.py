@@ -7,8 +7,7 @@
 It sets the variables `accelerate launch`/torchrun set (RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), trains the tiny model with `run_training` once per
 entry of `runs` (gloo on CPU, one thread; one process group for all, so torch is imported once),
-then checks `all_reduce_gradients` on parameters whose gradients exist on some processes only,
-and writes what it saw as JSON to `out`, including every file it wrote, renamed or deleted in a
+then shards a LoRA model both ways to see what each process holds, and writes what it saw as JSON to `out`, including every file it wrote, renamed or deleted in a
 run folder (seen through Python's audit hooks). `"interrupt": [rank, k]` sends SIGINT (Ctrl-C) to
 that rank alone during its k-th training forward pass.
 """
@@ -35,7 +34,8 @@ def records() -> tuple[list[dict], list[dict]]:
     return rows[:36], rows[36:]
 
 
-def train(model_dir: str, run_dir: str, train_cfg: dict, resume: bool = False, interrupt_at: int | None = None):
+def train(model_dir: str, run_dir: str, train_cfg: dict, resume: bool = False, interrupt_at: int | None = None,
+          force: bool = False):
     from domaintune.config import TrainConfig
     from domaintune.methods.base import get_method
     from domaintune.models.load import load_model, load_tokenizer
@@ -46,9 +46,9 @@ def train(model_dir: str, run_dir: str, train_cfg: dict, resume: bool = False, i
     tokenizer, model = load_tokenizer(model_dir), load_model(model_dir)
     if interrupt_at:
         interrupt_after(model, interrupt_at)
-    return run_training(model, tokenizer, get_template("auto", tokenizer), get_method("lora"),
+    return run_training(model, tokenizer, get_template("auto", tokenizer), get_method(cfg.method.method),
                         cfg.method, *records(), cfg, Path(run_dir), "train: {}\n", model_path=Path(model_dir),
-                        resume=resume, progress=False)
+                        resume=resume, force=force, progress=False)
 
 
 def interrupt_after(model, forwards: int) -> None:
@@ -83,18 +83,19 @@ def watch_writes(folders: list[str]) -> list[str]:
     return seen
 
 
-def partial_gradients(rank: int) -> dict[str, object]:
-    """`all_reduce_gradients` where `a` has a gradient on rank 0 only, `b` on none, `c` on every rank."""
-    import torch
+def shard_facts(model_dir: str, strategy: str) -> dict[str, object]:
+    """What one process holds of a LoRA model under `strategy`: parameter elements, local and whole."""
+    from domaintune.config import LoraOptions
+    from domaintune.methods.base import get_method
+    from domaintune.models.load import load_model
+    from domaintune.train.distributed import init_distributed
+    from domaintune.train.sharding import shard_model
 
-    from domaintune.train.distributed import all_reduce_gradients, init_distributed
-
-    params = {name: torch.nn.Parameter(torch.zeros(3)) for name in "abc"}
-    if rank == 0:
-        params["a"].grad = torch.full((3,), 2.0)
-    params["c"].grad = torch.full((3,), float(rank + 1))
-    all_reduce_gradients(params, init_distributed(), bucket=4)  # `c` lands in a second bucket
-    return {n: None if p.grad is None else p.grad.tolist() for n, p in params.items()}
+    model = get_method("lora").apply(load_model(model_dir), LoraOptions(r=4, layers="all"))
+    shard_model(model, init_distributed(), strategy)
+    local = sum(p.to_local().numel() for p in model.parameters())
+    return {"local": local, "whole": sum(p.numel() for p in model.parameters()),
+            "placements": sorted({str(p.placements) for p in model.parameters()})}
 
 
 def main(spec: dict) -> None:
@@ -108,15 +109,17 @@ def main(spec: dict) -> None:
     for run in spec["runs"]:
         rank, forwards = run.get("interrupt", (None, None))
         try:
-            result = train(spec["model"], run["run_dir"], run["train"], run.get("resume", False),
+            result = train(spec["models"].get(run.get("model"), spec["model"]), run["run_dir"], run["train"],
+                           run.get("resume", False),
                            forwards if rank == spec["rank"] else None)
         except KeyboardInterrupt as stopped:
             runs.append({"interrupted": str(stopped)})
             continue
-        runs.append({"steps": result.steps, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+        runs.append({"steps": result.steps, "strategy": result.summary.get("distributed"), "best_step": result.best_step, "best_val_loss": result.best_val_loss,
                      "base_val_loss": result.base_val_loss, "tokens": result.tokens, "artifact": str(result.artifact),
                      "processes": result.summary.get("processes"), "threads": torch.get_num_threads()})
-    seen = {"runs": runs, "grads": partial_gradients(spec["rank"]), "writes": writes}
+    seen = {"runs": runs, "writes": writes,
+            "shards": {kind: shard_facts(spec["model"], kind) for kind in ("ddp", "fsdp2")}}
     Path(spec["out"]).write_text(json.dumps(seen), encoding="utf-8")
 
 

@@ -1,12 +1,15 @@
-"""Tests for domaintune.train.distributed: 2 CPU processes (gloo) against one process with the same global batch.
+"""Tests for domaintune.train.distributed + sharding: 2 CPU processes (gloo) against one process, same global batch.
 
 The 2-process job is `_distributed_worker.py` started twice with the variables a launcher sets;
 the reference is `run_training` in this process with `grad_accum` twice the per-process value.
-Both runs must give the same loss curve (1e-5 relative) and the same adapter (1e-5). The same
-job also trains with dropout 4 steps straight, and again with Ctrl-C sent to rank 1 alone in step 2
-then resumed: both ranks must stop after step 2 with a checkpoint, and the resumed adapter must be
-bit-identical to the straight one, which needs every process's RNG back. The pieces (dealing
-micro-batches, global token weights, gradient buckets, the resume check) are also tested alone.
+Under both strategies (ddp: FSDP2 replicated; fsdp2: sharded) the runs must give the same loss
+curve (1e-5 relative) and the same adapter (1e-5). Under fsdp2 the same job also trains with
+dropout 4 steps straight, and again with Ctrl-C sent to rank 1 alone in step 2 then resumed: both
+ranks must stop after step 2 with a checkpoint, and the resumed adapter must be bit-identical to
+the straight one, which needs every process's RNG back; one process then resumes the fsdp2 run's
+step-2 checkpoint (forced) and ends where one process and two do. Each process holds about half
+the parameters under fsdp2, all of them under ddp. The pieces (dealing micro-batches, global token
+weights, equal validation shares, the resume check) are also tested alone.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from domaintune.models.load import load_model, load_tokenizer
 from domaintune.models.templates import get_template
 from domaintune.train.callbacks import read_metrics
 from domaintune.train.data import BatchStream, encode_split
-from domaintune.train.distributed import Dist, _buckets, check_world, init_distributed, shard
+from domaintune.train.distributed import Dist, check_world, init_distributed, shard
+from domaintune.train.sharding import equal_shares
 from domaintune.train.step import accumulate_gradients
 
 HERE = Path(__file__).parent
@@ -42,8 +46,18 @@ ACCUM, WORLD = 2, 2
 TRAIN = dict(max_steps=4, learning_rate=1e-2, batch_tokens=48, eval_every=2, save_every=2, threads=1,
              warmup_ratio=0.0, early_stopping_patience=None, method={"method": "lora", "r": 4, "dropout": 0.0,
                                                                      "layers": "all"})
-NOISY = {**TRAIN, "grad_accum": ACCUM, "method": {**TRAIN["method"], "dropout": 0.2}}  # dropout draws numbers
-RUNS = {"run": {"train": {**TRAIN, "grad_accum": ACCUM}}, "straight": {"train": NOISY},
+FSDP2 = {"strategy": "fsdp2"}
+NOISY = {**TRAIN, "grad_accum": ACCUM, "method": {**TRAIN["method"], "dropout": 0.2},  # dropout draws numbers
+         "distributed": FSDP2}
+FULL = {**TRAIN, "learning_rate": 1e-3, "method": {"method": "full"}}
+# Beside the LLaMA: Qwen2 (tied embeddings: one root unit) and DeepSeek-V3 (MoE experts, MLA) under fsdp2,
+# and full fine-tuning (every weight sharded and saved whole).
+MODELS = {"qwen2": ("tiny_qwen2", TRAIN), "moe": ("tiny_deepseek_v3", TRAIN), "full": ("tiny_llama", FULL)}
+RUNS = {"run": {"train": {**TRAIN, "grad_accum": ACCUM}},
+        "sharded": {"train": {**TRAIN, "grad_accum": ACCUM, "distributed": FSDP2}},
+        **{name: {"model": name, "train": {**cfg, "grad_accum": ACCUM, "distributed": FSDP2}}
+           for name, (_, cfg) in MODELS.items()},
+        "straight": {"train": NOISY},
         # Ctrl-C on rank 1 in its 3rd training forward pass: the first micro-batch of step 2.
         "interrupted": {"train": NOISY, "interrupt": [1, ACCUM + 1]}, "resumed": {"train": NOISY, "resume": True}}
 
@@ -55,20 +69,25 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tiny_llama, tmp_path_factory):
-    """The 2-process job: its folder and what each rank returned ({"runs": [one per RUNS entry], "grads"})."""
+def models(request) -> dict[str, str]:
+    return {name: str(request.getfixturevalue(fixture)) for name, (fixture, _) in MODELS.items()}
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_llama, models, tmp_path_factory):
+    """The 2-process job: its folder and what each rank returned ({"runs": [one per RUNS entry], "shards"})."""
     root = tmp_path_factory.mktemp("distributed")
     # CPU and gloo even on a GPU machine (two processes cannot share one GPU under NCCL).
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     runs = [{**run, "run_dir": str(root / ("resumable" if name in ("interrupted", "resumed") else name))}
             for name, run in RUNS.items()]
-    specs = [{"rank": r, "world": WORLD, "port": port, "model": str(tiny_llama), "runs": runs,
+    specs = [{"rank": r, "world": WORLD, "port": port, "model": str(tiny_llama), "models": models, "runs": runs,
               "out": str(root / f"rank{r}.json")} for r in range(WORLD)]
     procs = [subprocess.Popen([sys.executable, str(HERE / "_distributed_worker.py"), json.dumps(s)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for s in specs]
     try:
-        outputs = [p.communicate(timeout=180)[0] for p in procs]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
@@ -87,13 +106,29 @@ def one_process(tiny_llama, tmp_path_factory):
 
 
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The trained tensors of a run's artifact (a PEFT adapter, or the whole model for full fine-tuning)."""
+    if (run_dir / "model").is_dir():
+        return {k: v for f in sorted((run_dir / "model").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def single_models(models, tmp_path_factory) -> dict[str, Path]:
+    """One process with the global batch, for each model of MODELS."""
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        for name, (_, cfg) in MODELS.items():
+            out[name] = tmp_path_factory.mktemp(f"single-{name}") / "run"
+            worker.train(models[name], str(out[name]), {**cfg, "grad_accum": ACCUM * WORLD})
+    return out
 
 
 # ------------------------------------------------------------------------------------ two processes
 
-def test_two_processes_follow_the_single_process_loss_curve(two_processes, one_process):
-    run_dir = two_processes[0] / "run"
+@pytest.mark.parametrize("name", ["run", "sharded"])
+def test_two_processes_follow_the_single_process_loss_curve(two_processes, one_process, name):
+    run_dir = two_processes[0] / name
     dist_lines, single_lines = read_metrics(run_dir / "metrics.jsonl"), read_metrics(one_process / "metrics.jsonl")
     assert [(r["type"], r["step"]) for r in dist_lines] == [(r["type"], r["step"]) for r in single_lines]
     train = [(a, b) for a, b in zip(dist_lines, single_lines) if a["type"] == "train"]
@@ -107,8 +142,9 @@ def test_two_processes_follow_the_single_process_loss_curve(two_processes, one_p
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
 
-def test_two_processes_train_the_same_adapter(two_processes, one_process):
-    got, want = adapter(two_processes[0] / "run"), adapter(one_process)
+@pytest.mark.parametrize("name", ["run", "sharded"])
+def test_two_processes_train_the_same_adapter(two_processes, one_process, name):
+    got, want = adapter(two_processes[0] / name), adapter(one_process)
     assert got.keys() == want.keys()
     assert any(not torch.equal(t, torch.zeros_like(t)) for n, t in want.items() if "lora_B" in n)  # it moved
     for name in want:
@@ -133,7 +169,7 @@ def test_every_rank_returns_the_same_result_and_only_rank_0_writes(two_processes
 def test_ctrl_c_on_one_rank_stops_all_after_the_step_and_resumes_bit_identically(two_processes):
     root, ranks = two_processes
     for seen in ranks:  # rank 0 got no signal, yet stopped with rank 1
-        _, interrupted, resumed = seen["runs"][1:]
+        _, interrupted, resumed = seen["runs"][-3:]
         assert "step-000002" in interrupted["interrupted"] and resumed["steps"] == 4
     assert (root / "resumable" / "checkpoints" / "step-000002").is_dir()
     straight, resumed = adapter(root / "straight"), adapter(root / "resumable")
@@ -145,10 +181,50 @@ def test_ctrl_c_on_one_rank_stops_all_after_the_step_and_resumes_bit_identically
     assert "rank_rng" in step_2["extra"]
 
 
-def test_gradients_present_on_some_processes_are_summed_and_absent_ones_stay_none(two_processes):
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fsdp2_on_qwen2_moe_and_full_fine_tuning_matches_one_process(two_processes, single_models, name):
+    root, ranks = two_processes
+    assert {seen["runs"][list(RUNS).index(name)]["strategy"] for seen in ranks} == {"fsdp2"}
+    dist_lines = read_metrics(root / name / "metrics.jsonl")
+    single_lines = read_metrics(single_models[name] / "metrics.jsonl")
+    for a, b in zip(dist_lines, single_lines, strict=True):
+        key = "loss" if a["type"] == "train" else "val_loss"
+        assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+    got, want = adapter(root / name), adapter(single_models[name])
+    assert got.keys() == want.keys()
+    for tensor_name in want:
+        torch.testing.assert_close(got[tensor_name], want[tensor_name], rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp2_shards_the_parameters_and_ddp_replicates_them(two_processes):
     _, ranks = two_processes
-    for seen in ranks:
-        assert seen["grads"] == {"a": [2.0] * 3, "b": None, "c": [3.0] * 3}
+    sharded = [seen["shards"]["fsdp2"] for seen in ranks]
+    replicated = [seen["shards"]["ddp"] for seen in ranks]
+    whole = sharded[0]["whole"]
+    assert sum(s["local"] for s in sharded) >= whole  # every element on some process (dim 0 padded)
+    for s in sharded:
+        assert abs(s["local"] - whole / WORLD) <= 0.05 * whole and s["placements"] == ["(Shard(dim=0),)"]
+    assert all(r["local"] == whole and r["placements"] == ["(Replicate(), Shard(dim=0))"] for r in replicated)
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process(two_processes, one_process, tiny_llama, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "continued"
+    shutil.copytree(two_processes[0] / "sharded", run_dir)
+    for late in (run_dir / "checkpoints").iterdir():
+        if late.name != "step-000002":
+            shutil.rmtree(late)
+    cfg = {**TRAIN, "grad_accum": ACCUM * WORLD}  # the same global batch on one process
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(UserError, match="2 process"):  # another process count: refused unless forced
+            worker.train(str(tiny_llama), str(run_dir), cfg, resume=True)
+        result = worker.train(str(tiny_llama), str(run_dir), cfg, resume=True, force=True)
+    assert result.steps == TRAIN["max_steps"]
+    got, want = adapter(run_dir), adapter(one_process)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ pieces, in-process
@@ -167,14 +243,12 @@ def test_dealing_gives_every_item_to_exactly_one_process(items, world):
     assert [parts[i % world][i // world] for i in range(len(items))] == items  # item i goes to process i mod W
 
 
-@given(st.lists(st.tuples(st.integers(1, 9), st.booleans()), min_size=1, max_size=20), st.integers(1, 16))
-def test_gradient_buckets_keep_order_dtype_and_size(shapes, size):
-    tensors = [torch.zeros(n, dtype=torch.float64 if wide else torch.float32) for n, wide in shapes]
-    groups = _buckets(tensors, size)
-    assert [id(t) for g in groups for t in g] == [id(t) for t in tensors]
-    for g in groups:
-        assert len({t.dtype for t in g}) == 1
-        assert len(g) == 1 or sum(t.numel() for t in g) <= size
+@given(st.integers(0, 9), st.integers(1, 4))
+def test_validation_shares_are_equal_and_count_every_batch_once(n, world):
+    batches = list(range(n))
+    shares = [equal_shares(batches, r, world) for r in range(world)]
+    assert len({len(mine) for mine, _ in shares}) <= 1  # every process runs as many forwards
+    assert sorted(x for mine, counted in shares for x in mine[:counted]) == batches
 
 
 def test_take_deals_the_steps_micro_batches(tiny_tokenizer):
