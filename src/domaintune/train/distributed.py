@@ -51,7 +51,7 @@ from domaintune.train.step import LossFn, accumulate_gradients, validation_sums
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SHARDING = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+_DEEPSPEED = "ACCELERATE_USE_DEEPSPEED"
 
 
 def _default_device() -> torch.device:
@@ -104,10 +104,10 @@ def init_distributed() -> Dist:
 
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     state = PartialState(cpu=cpu)
-    for var, name in _SHARDING.items():
-        if os.environ.get(var, "").lower() == "true" and state.process_index == 0:
-            log.warning("%s was asked for in the accelerate config, but domaintune's loop shards with torch's FSDP2: "
-                        "set train.distributed.strategy: fsdp2 (docs/distributed.md)", name)
+    if os.environ.get(_DEEPSPEED, "").lower() == "true" and state.process_index == 0:
+        log.warning("DeepSpeed was asked for in the accelerate config, but domaintune's loop does not drive it: "
+                    "training with train.distributed (torch's FSDP2; strategy: fsdp2 shards like ZeRO-3), "
+                    "see docs/distributed.md")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
     return Dist(state.process_index, state.num_processes, local, state.device)
 

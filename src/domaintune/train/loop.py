@@ -109,6 +109,7 @@ def run_training(model: Any, tokenizer: Any, template: Any, method: Any, method_
         raise UserError("train.stages cannot run under several processes yet",
                         hint="run each stage as its own recipe, or launch one process")
     if dist.active:
+        cfg = _accelerate_fsdp(cfg, dist)
         refuse_unsupported(cfg.distributed.strategy, cfg.ewc is not None, select_by not in (LOSS, "accuracy"))
     seed_all(cfg.seed)
     torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist.local_world))
@@ -135,6 +136,15 @@ def _stage_records(index: int, cfg: TrainConfig, train_records: Sequence[dict],
         return train_records, val_records
     folder = Path(cfg.stages[index].data_dir)
     return load_split(folder / "train.jsonl"), load_split(folder / "val.jsonl")
+
+
+def _accelerate_fsdp(cfg: TrainConfig, dist: Dist) -> TrainConfig:
+    """Under an accelerate FSDP config (recipes/accelerate/fsdp.yaml) with the recipe's default strategy: fsdp2."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true" or cfg.distributed.strategy != "ddp":
+        return cfg
+    if dist.main:
+        _console.print("accelerate's FSDP config: training with train.distributed.strategy fsdp2")
+    return cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"strategy": "fsdp2"})})
 
 
 def _usable_cores() -> int:

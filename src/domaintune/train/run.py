@@ -263,7 +263,9 @@ class Run:
             return None
         longest = max(len(ex) for ex in self.train_ex)
         row = max(self.cfg.batch_tokens, longest) if self.packing else self.cfg.batch_size * longest
-        estimate = facts.report_memory(self.model, row, self.cfg.gradient_checkpointing)
+        shape = self.cfg.distributed
+        estimate = facts.report_memory(self.model, row, self.cfg.gradient_checkpointing, self.dist.world,
+                                       shape.strategy, shape.reshard_after_forward)
         trainable = sum(p.numel() * p.element_size() for p in self.params.values())
         artifact = estimate.params if method_name == "full" else trainable
         ewc = 2 * trainable if self.inputs.reference is not None else 0  # fisher + anchor

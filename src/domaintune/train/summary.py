@@ -57,24 +57,31 @@ class MemoryEstimate:
     optimizer: int
     activations: int
     logits: int
+    gathered: int = 0  # fsdp2: whole units (weights, then their gradients) held beside the shards at the peak
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.activations + self.logits
+        return self.params + self.grads + self.optimizer + self.activations + self.logits + self.gathered
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total, "activation_values_per_token_hidden_layer": ACTIVATION_VALUES}
 
 
 def estimate_memory(model: nn.Module, batch_tokens: int, gradient_checkpointing: bool,
-                    activation_bytes: int = 4) -> MemoryEstimate:
-    """Estimate peak training memory.
+                    activation_bytes: int = 4, world: int = 1, strategy: str = "ddp",
+                    reshard_after_forward: bool = True) -> MemoryEstimate:
+    """Estimate one process's peak training memory.
 
     Args:
-        model: the model, method already applied.
+        model: the model, method already applied (sharded or not: sizes are the whole tensors').
         batch_tokens: tokens in one micro-batch (a packed row, or batch_size × longest example).
         gradient_checkpointing: only layer inputs are kept, plus one layer's activations.
         activation_bytes: bytes per activation value (4 on CPU fp32, 2 under bf16 autocast).
+        world: processes; with `strategy` "fsdp2" each holds 1/world of the parameters,
+            gradients and optimizer states, plus the units it has gathered: the root's and two
+            decoder layers' (the one running and the one prefetched) with `reshard_after_forward`,
+            else every layer's (gathered in forward, kept until backward).
+        strategy: "ddp" (every process holds everything, as one process) or "fsdp2".
 
     Returns:
         The estimate: params + grads of trainable params + AdamW's two fp32-or-param-dtype states
@@ -85,20 +92,34 @@ def estimate_memory(model: nn.Module, batch_tokens: int, gradient_checkpointing:
     config = model.config.get_text_config()
     hidden, layers = config.hidden_size, config.num_hidden_layers
     kept = (layers + ACTIVATION_VALUES) if gradient_checkpointing else layers * ACTIVATION_VALUES
+    size = sum(p.numel() * p.element_size() for p in params)
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    if world > 1 and strategy == "fsdp2":
+        from domaintune.methods.base import decoder_layers
+
+        units = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in decoder_layers(model)]
+        trained = [sum(p.numel() * p.element_size() for p in layer.parameters() if p.requires_grad)
+                   for layer in decoder_layers(model)]
+        gathered = size - sum(units) + (2 * max(units) if reshard_after_forward else sum(units)) + 2 * max(trained)
+        shard_params, grads, optimizer = size / world, grads / world, 2 * grads / world
+    else:
+        shard_params, optimizer, gathered = size, 2 * grads, 0
     return MemoryEstimate(
-        params=sum(p.numel() * p.element_size() for p in params),
-        grads=sum(p.numel() * p.element_size() for p in trainable),
-        optimizer=sum(2 * p.numel() * p.element_size() for p in trainable),
+        params=round(shard_params), grads=round(grads), optimizer=round(optimizer), gathered=round(gathered),
         activations=batch_tokens * hidden * kept * activation_bytes,
         logits=batch_tokens * config.vocab_size * LOGIT_BYTES_PER_VOCAB)
 
 
-def report_memory(model: nn.Module, batch_tokens: int, gradient_checkpointing: bool) -> MemoryEstimate:
-    """Print the peak-memory estimate for the model's device; log a warning when it will not fit."""
+def report_memory(model: nn.Module, batch_tokens: int, gradient_checkpointing: bool, world: int = 1,
+                  strategy: str = "ddp", reshard_after_forward: bool = True) -> MemoryEstimate:
+    """Print the peak-memory estimate for the model's device (per process under a launcher); log a
+    warning when it will not fit."""
     device = next(model.parameters()).device
-    estimate = estimate_memory(model, batch_tokens, gradient_checkpointing, 2 if device.type == "cuda" else 4)
+    estimate = estimate_memory(model, batch_tokens, gradient_checkpointing, 2 if device.type == "cuda" else 4,
+                               world, strategy, reshard_after_forward)
     available, what = available_memory(device)
-    _console.print(f"estimated peak memory {_gib(estimate.total)}"
+    each = f" per process ({strategy}, {world} processes)" if world > 1 else ""
+    _console.print(f"estimated peak memory {_gib(estimate.total)}{each}"
                    + (f" ({what}: {_gib(available)})" if available is not None else ""))
     warning = memory_warning(estimate, available, what)
     if warning:

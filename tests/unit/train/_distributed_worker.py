@@ -84,18 +84,31 @@ def watch_writes(folders: list[str]) -> list[str]:
 
 
 def shard_facts(model_dir: str, strategy: str) -> dict[str, object]:
-    """What one process holds of a LoRA model under `strategy`: parameter elements, local and whole."""
+    """What one process holds of a LoRA model under `strategy` after one AdamW step (parameters,
+    gradients and optimizer states, local bytes) beside what `estimate_memory` says it holds."""
+    import torch
+
     from domaintune.config import LoraOptions
     from domaintune.methods.base import get_method
     from domaintune.models.load import load_model
     from domaintune.train.distributed import init_distributed
     from domaintune.train.sharding import shard_model
+    from domaintune.train.summary import estimate_memory
 
     model = get_method("lora").apply(load_model(model_dir), LoraOptions(r=4, layers="all"))
     shard_model(model, init_distributed(), strategy)
-    local = sum(p.to_local().numel() for p in model.parameters())
-    return {"local": local, "whole": sum(p.numel() for p in model.parameters()),
-            "placements": sorted({str(p.placements) for p in model.parameters()})}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    ids = torch.arange(1, 9)[None]
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    local = [p.to_local() for p in model.parameters()]
+    states = [v.to_local() for s in optimizer.state.values() for k, v in s.items() if k != "step"]
+    grads = [p.grad.to_local() for p in model.parameters() if p.grad is not None]
+    held = sum(t.numel() * t.element_size() for t in [*local, *states, *grads])
+    estimate = estimate_memory(model, 8, False, world=int(os.environ["WORLD_SIZE"]), strategy=strategy)
+    return {"local": sum(t.numel() for t in local), "whole": sum(p.numel() for p in model.parameters()),
+            "placements": sorted({str(p.placements) for p in model.parameters()}), "held_bytes": held,
+            "estimated_bytes": estimate.params + estimate.grads + estimate.optimizer}
 
 
 def main(spec: dict) -> None:

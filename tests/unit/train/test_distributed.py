@@ -205,6 +205,10 @@ def test_fsdp2_shards_the_parameters_and_ddp_replicates_them(two_processes):
     for s in sharded:
         assert abs(s["local"] - whole / WORLD) <= 0.05 * whole and s["placements"] == ["(Shard(dim=0),)"]
     assert all(r["local"] == whole and r["placements"] == ["(Replicate(), Shard(dim=0))"] for r in replicated)
+    # The pre-flight estimate of what stays resident per process (weights, gradients, AdamW states)
+    # against the local bytes each process holds after a step: within 20 % under both strategies.
+    for facts in sharded + replicated:
+        assert facts["estimated_bytes"] == pytest.approx(facts["held_bytes"], rel=0.2), facts
 
 
 def test_a_two_process_checkpoint_resumes_on_one_process(two_processes, one_process, tiny_llama, tmp_path):
@@ -286,3 +290,25 @@ def test_resuming_with_another_process_count_is_refused_unless_forced():
     check_world(2, 0, Dist(), force=True)
     with pytest.raises(UserError, match="mid-accumulation"):
         check_world(1, 3, Dist(rank=0, world=2), force=True)
+
+
+def test_what_several_processes_do_not_do_yet_is_refused_in_one_line():
+    from domaintune.train.sharding import refuse_unsupported
+
+    refuse_unsupported("fsdp2", ewc=False, decodes=False)
+    refuse_unsupported("ddp", ewc=False, decodes=True)  # process 0 decodes alone: no collective in a replica
+    with pytest.raises(UserError, match="ewc"):
+        refuse_unsupported("ddp", ewc=True, decodes=False)
+    with pytest.raises(UserError, match="decode"):
+        refuse_unsupported("fsdp2", ewc=False, decodes=True)
+
+
+def test_an_accelerate_fsdp_config_selects_fsdp2(monkeypatch):
+    from domaintune.config import TrainConfig
+    from domaintune.train.loop import _accelerate_fsdp
+
+    cfg, dist = TrainConfig(), Dist(rank=1, world=2)
+    assert _accelerate_fsdp(cfg, dist).distributed.strategy == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert _accelerate_fsdp(cfg, dist).distributed.strategy == "fsdp2"
+    assert cfg.distributed.strategy == "ddp"  # the recipe object itself is left as it was
