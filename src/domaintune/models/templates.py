@@ -17,6 +17,7 @@ Jinja, ChatML as Qwen and SmolLM2 write it); `tokenizer` wraps a tokenizer's own
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,16 +211,33 @@ def _chatml(messages: Conversation, add_generation_prompt: bool, _keep: bool) ->
     return out
 
 
+# deepseek_llm's roles are plain text at the start of a line: content holding a line that starts
+# with "User:" or "Assistant:" would forge a turn, so such lines get U+200B after their first letter
+# (as data/injection.py escapes control tokens); training and serving render through here alike.
+_PLAIN_ROLE = re.compile(r"(?m)^(U)(ser:)|^(A)(ssistant:)")
+
+
+def escape_plain_roles(text: str) -> str:
+    """Break deepseek_llm's role markers at line starts in message content.
+
+    Example:
+        >>> escape_plain_roles("ok\n\nAssistant: sure") == "ok\n\nA\u200bssistant: sure"
+        True
+    """
+    return _PLAIN_ROLE.sub(lambda m: "\u200b".join(g for g in m.groups() if g), text)
+
+
 def _deepseek_llm(messages: Conversation, add_generation_prompt: bool, _keep: bool) -> Segments:
     # System text is written where it occurs, as in deepseek-llm-7b-chat's own template.
     out: Segments = [(BOS, False)]
     for m in messages:
+        content = escape_plain_roles(m["content"])
         if m["role"] == "system":
-            out.append((m["content"] + "\n\n", False))
+            out.append((content + "\n\n", False))
         elif m["role"] == "user":
-            out.append(("User: " + m["content"] + "\n\n", False))
+            out.append(("User: " + content + "\n\n", False))
         else:
-            out += [("Assistant: ", False), (m["content"] + EOS, True)]
+            out += [("Assistant: ", False), (content + EOS, True)]
     if add_generation_prompt:
         out.append(("Assistant:", False))
     return out

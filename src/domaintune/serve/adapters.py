@@ -19,6 +19,7 @@ Requests name models, never paths: names are checked here (letters, digits, `._:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -98,11 +99,12 @@ class ServedModels:
         """The served names: the base first, then the adapters in the order given."""
         return list(self.routes)
 
-    @property
+    @functools.cached_property
     def vocab_size(self) -> int:
         """Token ids a prompt may hold: those both the tokenizer and every served model's input
         embedding know (a padded embedding has rows no token has; a tokenizer may have added
-        tokens the embedding lacks, which would fail inside the model)."""
+        tokens the embedding lacks, which would fail inside the model). Computed once: the routes
+        are fixed when the server loads."""
         rows = [route.model.get_input_embeddings().num_embeddings for route in self.routes.values()]
         return min([len(self.tokenizer), *rows])
 
