@@ -98,6 +98,16 @@ def test_running_batch_refuses_rows_without_tokens_to_make(model):
     assert not batch
 
 
+def step_and_check(model, batch: RunningBatch, seen: dict) -> None:
+    """Every running row's logits equal a cache-free forward over its tokens alone; then one step."""
+    with torch.no_grad():
+        for row, key in enumerate(batch.keys):
+            expected = model(input_ids=torch.tensor([seen[key]])).logits[0, -1]
+            torch.testing.assert_close(batch._logits[row], expected, atol=1e-4, rtol=0)
+    for key, token in batch.step():
+        seen[key].append(token)
+
+
 def test_joined_rows_see_exactly_their_own_tokens(model):
     """Logits of every row at every step equal a cache-free forward over that row's tokens alone."""
     batch = RunningBatch(model, pad_id=0)
@@ -107,12 +117,7 @@ def test_joined_rows_see_exactly_their_own_tokens(model):
     for step in range(12):
         if step in joins:
             batch.add(joins[step], [PROMPTS[n] for n in joins[step]], [PARAMS] * len(joins[step]))
-        with torch.no_grad():
-            for row, key in enumerate(batch.keys):
-                expected = model(input_ids=torch.tensor([seen[key]])).logits[0, -1]
-                torch.testing.assert_close(batch._logits[row], expected, atol=1e-4, rtol=0)
-        for key, token in batch.step():
-            seen[key].append(token)
+        step_and_check(model, batch, seen)
 
 
 def test_a_joining_job_that_fails_fails_alone(model):
@@ -182,9 +187,4 @@ def test_a_batch_that_never_empties_stays_as_wide_as_its_longest_row(model):
             seen[key] = [(key % 11) + 1] * lengths[(step // 3) % len(lengths)]
             batch.add([key], [list(seen[key])], [SamplingParams(max_new_tokens=7)])
         assert batch.width == max(len(seen[key]) for key in batch.keys)
-        with torch.no_grad():
-            for row, key in enumerate(batch.keys):
-                expected = model(input_ids=torch.tensor([seen[key]])).logits[0, -1]
-                torch.testing.assert_close(batch._logits[row], expected, atol=1e-4, rtol=0)
-        for key, token in batch.step():
-            seen[key].append(token)
+        step_and_check(model, batch, seen)
