@@ -353,13 +353,9 @@ class Run:
         sharded = is_sharded(self.model)
         localize = partial(localize_optimizer_state, self.optimizer) if sharded else None
         weights, self.state, rng, _, grads = load_checkpoint(path, self.optimizer, self.scheduler, self.names, localize)
-        if sharded:  # every process keeps its shard (mid-step checkpoints are one process's only)
-            load_full(self.params, weights)
-        with torch.no_grad():
-            for name, param in self.params.items():
-                if not sharded:
-                    param.copy_(weights[name])
-                param.grad = grads[name].to(param.device) if grads is not None and name in grads else None
+        load_full(self.params, weights)  # sharded: every process keeps its shard
+        for name, param in self.params.items():  # mid-step checkpoints are one process's only
+            param.grad = grads[name].to(param.device) if grads is not None and name in grads else None
         if "budget_total_steps" in self.state.extra:  # the schedule a time budget fitted, as it was
             self._set_schedule(self.state.extra["budget_total_steps"])
         if self.state.extra.get("stop_reason") == "completed" and self.state.step < self.total_steps:
