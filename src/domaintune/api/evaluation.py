@@ -102,6 +102,7 @@ def evaluate(recipe: Recipe, adapter: str | None = None, model: str | None = Non
     raw = records
     if kb is not None:  # the prompts training built: the same entries, the same rendering
         records = augment(records, kb, loaded.tokenizer, k, _budget(recipe, loaded), template=loaded.template)
+    records, settings = _with_prior(cfg, loaded, records, settings)
     describe = {**loaded.describe, "data": str(data.path), "data_sha256": data.sha256}
     result = run_eval(loaded.model, loaded.tokenizer, loaded.template, records, settings,
                       pool=pool if cfg.few_shot else None, general=_general(cfg), describe=describe,
@@ -139,6 +140,24 @@ def _eval_kb(recipe: Recipe, loaded: Loaded, pool: Any) -> tuple[Any, int]:
     from domaintune.data.kb import KnowledgeBase
 
     return KnowledgeBase.load(Path(resolve_path(spec))), recipe.retrieval.k
+
+
+def _with_prior(cfg: Any, loaded: Loaded, records: list, settings: Any) -> tuple[list, Any]:
+    """Records carrying their neighbour vote, and settings with the run's prior weight (`api/prior.py`):
+    unchanged without a closed set, without a fitted prior, or with `eval.neighbour_prior: false`."""
+    from dataclasses import replace
+
+    from domaintune.api.prior import run_votes
+    from domaintune.eval.evaluate import VOTE_KEY
+
+    record = loaded.artifact.prior if loaded.artifact is not None else None
+    if not (cfg.neighbour_prior and settings.choices and record):
+        return records, settings
+    votes = run_votes(record, records)
+    if votes is None:
+        return records, settings
+    records = [{**r, "metadata": {**(r.get("metadata") or {}), VOTE_KEY: v}} for r, v in zip(records, votes)]
+    return records, replace(settings, prior_weight=float(record["weight"]))
 
 
 def _budget(recipe: Recipe, loaded: Loaded) -> int:

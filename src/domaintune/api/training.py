@@ -65,6 +65,7 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
     tokenizer = load_tokenizer(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
     template = get_template(model_cfg.template, tokenizer)
     answers = decodable_answers(train_split, template, tokenizer)
+    plain_train = train_split  # the neighbour prior indexes the pairs as written, without retrieved blocks
     kb = training_kb(recipe, train_split)  # in memory: the run folder is written once training starts
     if resume:
         check_resumed_kb(run_dir, kb, force)
@@ -77,13 +78,25 @@ def _run(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split: Any, run
     # labels.json, retrieval.json and kb/ are written when training starts, after the run folder's
     # checks: a refused run leaves an existing run's records as they were.
     records = RunRecords(run_dir, answers, kb, recipe)
-    return run_training(
+    result = run_training(
         model, tokenizer, template, get_method(cfg.method.method), cfg.method, train_split, val_split, cfg, run_dir,
         recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
         resume=resume, force=force, model_path=resolve_model(model_cfg.name), progress=progress,
         loss_fn=_loss_fn(cfg, tokenizer), select_by=select_by, callbacks=(records, *callbacks),
         task_metric=_task_metric(cfg, select_by, tokenizer, template, val_split, answers),
         choices=_choice_trie(cfg, answers, template, tokenizer))
+    if _is_main_process():
+        from domaintune.api.prior import fit_run_prior
+
+        prior = fit_run_prior(run_dir, template, tokenizer, plain_train, val_split, answers,
+                              enabled=cfg.neighbour_prior and cfg.method.method != "distill")
+        if result.summary is not None and prior is not None:
+            from domaintune.methods.artifact import SUMMARY_FILE
+            from domaintune.train.summary import write_summary
+
+            result.summary["neighbour_prior"] = prior
+            write_summary(run_dir / SUMMARY_FILE, result.summary)
+    return result
 
 
 def _choice_trie(cfg: TrainConfig, answers: list[str] | None, template: Any, tokenizer: Any) -> Any:
@@ -163,13 +176,14 @@ def _train_domains(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split
 def _copy_records(run_dir: Path, target: Path) -> None:
     """A domain adapter's answer set and knowledge base go with it, so serve reads them there too."""
     from domaintune.api.retrieval import KB_DIR
-    from domaintune.methods.artifact import LABELS_FILE, RETRIEVAL_FILE
+    from domaintune.methods.artifact import LABELS_FILE, PRIOR_DIR, PRIOR_FILE, RETRIEVAL_FILE
 
-    for name in (LABELS_FILE, RETRIEVAL_FILE):
+    for name in (LABELS_FILE, RETRIEVAL_FILE, PRIOR_FILE):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, target / name)
-    if (run_dir / KB_DIR).is_dir():
-        shutil.copytree(run_dir / KB_DIR, target / KB_DIR)
+    for name in (KB_DIR, PRIOR_DIR):
+        if (run_dir / name).is_dir():
+            shutil.copytree(run_dir / name, target / name)
 
 
 def _is_main_process() -> bool:

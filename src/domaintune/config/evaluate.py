@@ -31,6 +31,8 @@ class EvalConfig(Section):
         "auto", description="'auto': when the answers form a closed set (the set a run recorded, or for a base "
                             "model the one its few-shot pool forms), decode only answers of that set and report "
                             "each one's probability as its confidence; 'off': decode freely.")
+    neighbour_prior: bool = Field(True, description="Mix in the run's neighbour prior (train.neighbour_prior) with "
+                                                    "its recorded weight; false: the model alone.")
     text_metrics: bool = Field(True, description="BLEU, chrF and ROUGE on the generations.")
     baselines: bool = Field(True, description="Score classic baselines fitted on the training split beside the "
                                               "model (majority answer, TF-IDF + logistic regression for closed "

@@ -309,6 +309,21 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def neighbour_votes(kb: KnowledgeBase, queries: Sequence[str], k: int) -> list[dict[str, float]]:
+    """Per query, a distribution over answers: the answers of its `k` best entries (training pairs
+    only), the entry at rank r voting 1/r, normalised to sum to 1 ({} when no entry with an answer
+    matches). Rank weights, not BM25 scores: scores are not comparable across queries."""
+    votes = []
+    for hits in kb.search(queries, k):
+        vote: dict[str, float] = {}
+        for rank, hit in enumerate([h for h in hits if h.entry.answer is not None], start=1):
+            answer = hit.entry.answer.strip()
+            vote[answer] = vote.get(answer, 0.0) + 1.0 / rank
+        total = sum(vote.values())
+        votes.append({a: w / total for a, w in vote.items()} if total else {})
+    return votes
+
+
 def content_sha256(entries: Sequence[Entry]) -> str:
     """The hash that names a knowledge base: its entries, format and tokenizer (not the index bytes)."""
     digest = hashlib.sha256(f"{FORMAT}\n{TOKENIZER}\n".encode())

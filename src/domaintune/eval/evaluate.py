@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ class EvalSettings:
         max_len: tokens per record for perplexity and forgetting.
         latency_prompts, latency_tokens: single-request latency runs (0 prompts: skipped).
         choices: a closed answer set to decode inside (`models.choice`), None: free decoding.
+        prior_weight: with `choices`, the share of each record's `metadata.neighbour_vote` (answer ->
+            weight, `models.prior`) mixed into decoding; 0: the model alone.
     """
 
     max_new_tokens: int = 64
@@ -68,6 +70,10 @@ class EvalSettings:
     latency_prompts: int = 3
     latency_tokens: int = 200
     choices: tuple[str, ...] | None = None
+    prior_weight: float = 0.0
+
+
+VOTE_KEY = "neighbour_vote"  # a record's neighbour prior, in its metadata (api/prior.py puts it there)
 
 
 @dataclass
@@ -143,6 +149,9 @@ def _generate(model: Any, tokenizer: Any, template: Any, records: Sequence[Mappi
     trie = ChoiceTrie.build(settings.choices, template, tokenizer) if settings.choices else None
     params = SamplingParams(max_new_tokens=max(settings.max_new_tokens, trie.depth if trie else 0),
                             temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed, choices=trie)
+    if trie is not None and settings.prior_weight > 0:
+        params = [replace(params, prior=trie.prior_vector((r.get("metadata") or {}).get(VOTE_KEY) or {}),
+                          prior_weight=settings.prior_weight) for r in records]
     return generate_answers(model, tokenizer, template, records, params, batch_size=settings.batch_size,
                             few_shot=_few_shot(settings, pool), progress=progress)
 

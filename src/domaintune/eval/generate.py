@@ -93,7 +93,7 @@ def answer_text(tokenizer: Any, template: ChatTemplate, gen: Generation) -> str:
 
 
 def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records: Sequence[Mapping[str, Any]],
-                     params: SamplingParams, *, batch_size: int = 16, few_shot: FewShot | None = None,
+                     params: SamplingParams | Sequence[SamplingParams], *, batch_size: int = 16, few_shot: FewShot | None = None,
                      progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Generate the last assistant turn of each record.
 
@@ -102,7 +102,8 @@ def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records
         tokenizer: the model's fast tokenizer.
         template: the chat template training used.
         records: prepared chat records, `{"messages": [...], "metadata": {...}}`.
-        params: sampling settings; its `stop_ids` are extended with the template's stop ids.
+        params: sampling settings, one for all records or one per record; `stop_ids` are extended
+            with the template's stop ids.
         batch_size: prompts decoded together.
         few_shot: optional `record -> messages` (e.g. a `functools.partial` of
             `eval.fewshot.few_shot_messages`) that puts examples before each test conversation.
@@ -123,7 +124,9 @@ def generate_answers(model: Any, tokenizer: Any, template: ChatTemplate, records
         >>> sorted(rows[0])[:3]                                                                 # doctest: +SKIP
         ['finish_reason', 'first_token_s', 'generated_tokens']
     """
-    params = replace(params, stop_ids=tuple(dict.fromkeys(params.stop_ids + stop_ids(template, tokenizer))))
+    stops = stop_ids(template, tokenizer)
+    rows = [params] * len(records) if isinstance(params, SamplingParams) else list(params)
+    params = [replace(p, stop_ids=tuple(dict.fromkeys(p.stop_ids + stops))) for p in rows]
     splits = [split_last_turn(_conversation(r, few_shot)) for r in records]
     prompts = [prompt_ids(template, tokenizer, messages) for messages, _ in splits]
     with eval_mode(model):

@@ -28,6 +28,8 @@ METRICS_FILE = "metrics.jsonl"  # one line per step and validation (train/callba
 PLOT_FILE = "loss.png"  # the loss curves (train/callbacks.py)
 LABELS_FILE = "labels.json"  # the run's closed answer set (data.answers), beside adapter/ or model/
 RETRIEVAL_FILE = "retrieval.json"  # the knowledge base a run read (path, sha256, k, budget, rendering)
+PRIOR_FILE = "prior.json"  # the neighbour prior of a closed answer set (index path, sha256, k, weight)
+PRIOR_DIR = "neighbours"  # the index of the training pairs that vote, beside prior.json
 KINDS = ("adapter", "model")
 
 
@@ -74,6 +76,43 @@ class Artifact:
                     record["kb"] = str(folder / record["kb"])
                 return record
         return None
+
+    @property
+    def prior(self) -> dict[str, Any] | None:
+        """The neighbour prior training fitted (`write_prior`, path made absolute), or None."""
+        for folder in (self.folder, self.run_dir, self.folder.parent):
+            if folder is not None and (folder / PRIOR_FILE).is_file():
+                record = read_json(folder / PRIOR_FILE)
+                if not isinstance(record.get("weight"), (int, float)) or not record.get("kb"):
+                    raise UserError("the run's neighbour prior record is incomplete", file=str(folder / PRIOR_FILE),
+                                    hint="train the run again, or delete the file to decode without it")
+                record["kb"] = str(folder / record["kb"])
+                return record
+        return None
+
+
+def write_prior(folder: Path, record: dict[str, Any] | None) -> None:
+    """Record a run's neighbour prior (None removes a stale record)."""
+    _write_json(Path(folder) / PRIOR_FILE, record)
+
+
+def open_prior_index(record: dict[str, Any]) -> Any:
+    """The index a prior record names, checked to hold what training fitted the weight with.
+
+    Raises:
+        UserError: the index is missing or changed.
+    """
+    from domaintune.data.kb import KnowledgeBase
+
+    path = Path(record["kb"])
+    if not path.is_dir():
+        raise UserError("the run's neighbour index is not there", file=str(path),
+                        hint="restore it, or train the run again")
+    kb = KnowledgeBase.load(path)
+    if kb.sha256 != record.get("sha256"):
+        raise UserError(f"the neighbour index changed since training (sha256 {kb.sha256[:12]})", file=str(path),
+                        hint="restore the index the run was trained with, or train the run again")
+    return kb
 
 
 def open_knowledge_base(record: dict[str, Any], kb_path: str | Path | None = None,

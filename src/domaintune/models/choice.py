@@ -14,11 +14,18 @@ to 1 (a test checks it by forcing each path).
 
     trie = ChoiceTrie.build(["Yes", "No"], template, tokenizer)
     params = SamplingParams(max_new_tokens=trie.depth, stop_ids=trie.stop_ids, choices=trie)
+
+A row may also carry a prior over the answers (`models/prior.py`: a vote of the nearest training
+pairs) and a weight w: at each step the distribution over the allowed tokens becomes
+(1 - w) * model + w * prior, where the prior's share of a token is the prior mass of the answers
+below it divided by the mass below the current node (kNN-LM's interpolation, on the trie). The
+product of these per-step prior shares is the prior of the whole answer, so the mixed confidences
+still sum to 1; w = 0 is the model alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,12 +36,13 @@ _PROBE = [{"role": "user", "content": "?"}]
 
 
 class _Node:
-    __slots__ = ("children", "answer", "allowed")
+    __slots__ = ("children", "answer", "allowed", "below")
 
     def __init__(self) -> None:
         self.children: dict[int, _Node] = {}
         self.answer: str | None = None  # set on the node after an answer's last token
         self.allowed: torch.Tensor | None = None
+        self.below: list[int] = []  # indices (into ChoiceTrie.answers) of the answers under this node
 
 
 class ChoiceTrie:
@@ -52,14 +60,21 @@ class ChoiceTrie:
         self.answers = list(dict.fromkeys(answers))
         self.depth = max(len(s) for s in sequences)
         self.stop_ids = tuple(sorted({s[-1] for s in sequences}))
+        self.sequences: dict[str, tuple[int, ...]] = {}
+        index = {a: i for i, a in enumerate(self.answers)}
         for seq, answer in zip(sequences, answers, strict=True):
             if not seq:
                 raise ValueError(f"answer {answer!r} has no tokens")
             node = self.root
+            path = [node]
             for token in seq:
                 node = node.children.setdefault(int(token), _Node())
+                path.append(node)
             if node.answer is None:  # two answers with the same ids: the first one names the path
                 node.answer = answer
+                self.sequences[answer] = tuple(int(t) for t in seq)
+                for visited in path:
+                    visited.below.append(index[answer])
 
     @classmethod
     def build(cls, answers: Iterable[str], template: Any, tokenizer: Any) -> ChoiceTrie:
@@ -94,9 +109,14 @@ class ChoiceTrie:
             sequences.append(rest[:end + 1])
         return cls(sequences, answers)
 
-    def cursor(self) -> ChoiceCursor:
-        """A fresh position at the root, for one row."""
-        return ChoiceCursor(self)
+    def cursor(self, prior: Sequence[float] | None = None, weight: float = 0.0) -> ChoiceCursor:
+        """A fresh position at the root, for one row, optionally mixing `prior` (one weight per
+        answer, in `answers` order) into each step with `weight`."""
+        return ChoiceCursor(self, prior, weight)
+
+    def prior_vector(self, votes: Mapping[str, float]) -> tuple[float, ...]:
+        """`votes` (answer -> weight; answers outside the set are ignored) as a vector over `answers`."""
+        return tuple(float(votes.get(a, 0.0)) for a in self.answers)
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -105,8 +125,13 @@ class ChoiceTrie:
 class ChoiceCursor:
     """One row's position in a `ChoiceTrie`, and the log-probability of the path so far."""
 
-    def __init__(self, trie: ChoiceTrie) -> None:
+    def __init__(self, trie: ChoiceTrie, prior: Sequence[float] | None = None, weight: float = 0.0) -> None:
         self.node, self.log_prob = trie.root, 0.0
+        if prior is not None and len(prior) != len(trie.answers):
+            raise ValueError(f"a prior over {len(prior)} answers for a set of {len(trie.answers)}")
+        self.prior = (torch.tensor(prior, dtype=torch.float64)
+                      if prior is not None and weight > 0 and sum(prior) > 0 else None)
+        self.weight = float(weight)
 
     @property
     def done(self) -> bool:
@@ -125,10 +150,38 @@ class ChoiceCursor:
             node.allowed = torch.tensor(sorted(node.children), dtype=torch.long, device=device)
         return node.allowed
 
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over `allowed` from the model's logits there, mixed with the prior."""
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        if self.prior is None:
+            return log_p
+        return mix_log_probs(log_p, self.prior_shares(), self.weight)
+
+    def prior_shares(self) -> torch.Tensor | None:
+        """The prior's distribution over `allowed` here (None: no prior mass below this node)."""
+        if self.prior is None:
+            return None
+        return prior_shares(self.node, self.prior)
+
     def advance(self, token: int, log_prob: float) -> None:
         """Follow `token` (one of `allowed`), adding its renormalised log-probability."""
         self.node = self.node.children[token]
         self.log_prob += log_prob
+
+
+def prior_shares(node: _Node, prior: torch.Tensor) -> torch.Tensor | None:
+    """Per child of `node` (in token-id order, as `allowed`), its share of the prior mass below `node`."""
+    mass = torch.stack([prior[node.children[t].below].sum() for t in sorted(node.children)])
+    total = mass.sum()
+    return mass / total if total > 0 else None
+
+
+def mix_log_probs(log_p: torch.Tensor, shares: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """log((1 - weight) * exp(log_p) + weight * shares); `log_p` alone when `shares` is None."""
+    if shares is None or weight <= 0:
+        return log_p
+    mixed = (1 - weight) * log_p.double().exp() + weight * shares.to(log_p.device)
+    return mixed.clamp_min(1e-300).log().to(log_p.dtype)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:

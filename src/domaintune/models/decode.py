@@ -54,6 +54,9 @@ class SamplingParams:
         stop_ids: token ids that end the request (the stop token itself is emitted).
         choices: a closed answer set (`models.choice.ChoiceTrie`): only its answers can come out,
             and the row ends when one is complete; None decodes freely.
+        prior: with `choices`, one weight per answer (`ChoiceTrie.prior_vector`), mixed into each
+            step's distribution with `prior_weight` (`models.choice`); None: the model alone.
+        prior_weight: the prior's share, 0 to 1.
 
     Example:
         >>> SamplingParams(max_new_tokens=64, temperature=0.7, top_p=0.9, seed=1, stop_ids=(2,)).top_p
@@ -66,6 +69,8 @@ class SamplingParams:
     seed: int | None = None
     stop_ids: tuple[int, ...] = ()
     choices: Any = field(default=None, compare=False)
+    prior: tuple[float, ...] | None = field(default=None, compare=False)
+    prior_weight: float = 0.0
 
 
 @dataclass
@@ -209,6 +214,8 @@ def check_request(prompt: Sequence[int], params: SamplingParams) -> None:
         raise ValueError(f"temperature must be >= 0, got {params.temperature}")
     if not 0 < params.top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
+    if not 0 <= params.prior_weight <= 1:
+        raise ValueError(f"prior_weight must be in [0, 1], got {params.prior_weight}")
 
 
 def is_prompt_learning(model: Any) -> bool:
@@ -236,7 +243,8 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
         self.params = params
-        self.cursor = params.choices.cursor() if params.choices is not None else None
+        self.cursor = (params.choices.cursor(params.prior, params.prior_weight)
+                       if params.choices is not None else None)
         self.generator: torch.Generator | None = None
         if params.temperature >= MIN_TEMPERATURE:
             self.generator = torch.Generator(device=device)
@@ -271,10 +279,10 @@ class Sampler:
 
     def _pick_choice(self, logits: torch.Tensor) -> int:
         allowed = self.cursor.allowed(logits.device)
-        sub = logits[allowed].float()
-        j = self._draw(sub) if len(allowed) > 1 else 0
+        log_p = self.cursor.log_probs(logits[allowed])
+        j = self._draw(log_p) if len(allowed) > 1 else 0
         token = int(allowed[j])
-        self.cursor.advance(token, float(torch.log_softmax(sub, dim=-1)[j]))
+        self.cursor.advance(token, float(log_p[j]))
         return token
 
     def finished(self, token: int) -> bool:

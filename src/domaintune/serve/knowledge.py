@@ -57,6 +57,13 @@ def run_extras(folder: Path, kb_changed_ok: bool = False) -> tuple[tuple[str, ..
         return None, None  # a plain PEFT folder records neither
     art = find_artifact(folder)
     labels = tuple(art.labels) if art.labels else None
+    prior = art.prior
+    if labels and prior and float(prior["weight"]) > 0:  # not yet mixed in here: say so, never silently
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s: the run's neighbour prior (weight %.2f, prior.json) is applied by `domaintune eval` only; "
+            "serve decodes with the model alone, so its answers can differ from eval's", folder, float(prior["weight"]))
     record = art.retrieval
     if record is None:
         return labels, None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from domaintune import api
-from domaintune.methods.artifact import LABELS_FILE, find_artifact
+from domaintune.methods.artifact import LABELS_FILE, PRIOR_DIR, PRIOR_FILE, find_artifact
 
 LABELS = ["cardiology", "neurology", "oncology"]
 
@@ -34,3 +34,33 @@ def test_a_base_model_decodes_inside_the_set_its_pool_forms(make_recipe):
     result, _ = api.evaluate(make_recipe(), progress=False)
     assert {p["prediction"] for p in result.predictions} <= set(LABELS)
     assert result.report["model"]["adapter"] is None
+
+
+def test_the_neighbour_prior_is_fitted_on_validation_and_used_by_eval(make_recipe, tmp_path):
+    """Each label's words never overlap, so the nearest training pairs vote right on every question:
+    validation gives the vote weight, and eval with the run's prior answers every test row right,
+    while the barely trained model alone (4 steps) does not."""
+    r = make_recipe()
+    r = r.model_copy(update={"train": r.train.model_copy(update={"neighbour_prior": True})})
+    run = api.train(r, force=True, progress=False)
+    prior = json.loads((run.run_dir / PRIOR_FILE).read_text())
+    assert prior["weight"] > 0 and prior["val_accuracy"] == 100.0
+    assert prior["val_accuracy_by_weight"]["0.0"] < 100.0 and run.summary["neighbour_prior"] == prior
+    assert (run.run_dir / PRIOR_DIR / "manifest.json").is_file()
+    mixed, _ = api.evaluate(r, adapter=str(run.run_dir), output_dir=str(tmp_path / "mixed"), progress=False)
+    alone, _ = api.evaluate(r.model_copy(update={"eval": r.eval.model_copy(update={"neighbour_prior": False})}), adapter=str(run.run_dir),
+                            output_dir=str(tmp_path / "alone"), progress=False)
+    assert mixed.report["settings"]["prior_weight"] == prior["weight"] and alone.report["settings"]["prior_weight"] == 0
+    assert mixed.report["metrics"]["accuracy"] == 100.0 > alone.report["metrics"]["accuracy"]
+    assert all(p["metadata"]["neighbour_vote"] for p in mixed.predictions)
+    assert sum(p["confidence"] for p in mixed.predictions) > sum(p["confidence"] for p in alone.predictions)
+
+
+def test_turning_the_prior_off_removes_a_stale_record(make_recipe, tmp_path):
+    r = make_recipe()
+    on = r.model_copy(update={"train": r.train.model_copy(update={"neighbour_prior": True})})
+    api.train(on, force=True, progress=False)
+    assert (on.train.output_dir and find_artifact(on.train.output_dir).prior is not None)
+    off = r
+    run = api.train(off, force=True, progress=False)
+    assert not (run.run_dir / PRIOR_FILE).exists() and find_artifact(run.run_dir).prior is None
