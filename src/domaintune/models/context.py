@@ -112,7 +112,7 @@ def augment_records(records: Sequence[Mapping[str, Any]], kb: KnowledgeBase, tok
     an evaluation with retrieval pairs with one without.
     """
     chats = [r for r in records if "messages" in r]
-    queries = [query_text(_before_answer(r["messages"])) for r in chats]
+    queries = [query_text(before_answer(r["messages"])) for r in chats]
     own = [prompt_text(r) for r in chats] if leave_one_out else None
     found = iter(kb.search(queries, k, exclude=own))
     out = []
@@ -127,7 +127,8 @@ def augment_records(records: Sequence[Mapping[str, Any]], kb: KnowledgeBase, tok
     return out
 
 
-def _before_answer(messages: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+def before_answer(messages: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    """The messages before the last assistant turn (all of them when there is none)."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
     return list(messages[:last])
 

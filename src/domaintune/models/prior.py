@@ -30,6 +30,7 @@ import torch
 from domaintune.data.answers import final_answer
 from domaintune.models.choice import ChoiceTrie, mix_log_probs, prior_shares
 from domaintune.models.codec import pad_id, prompt_ids
+from domaintune.models.context import before_answer
 
 PRIOR_K = 16  # neighbours that vote: fixed across tasks (rank weights, see data.kb.neighbour_votes)
 WEIGHTS = tuple(round(i / 20, 2) for i in range(21))  # the grid w is chosen from, 0 first
@@ -69,7 +70,7 @@ def path_decisions(model: Any, tokenizer: Any, template: Any, trie: ChoiceTrie,
     for i, record in enumerate(records):
         sequence = trie.sequences.get((final_answer(record) or "").strip())
         if sequence is not None:
-            items.append((i, prompt_ids(template, tokenizer, _before_answer(record["messages"])), sequence))
+            items.append((i, prompt_ids(template, tokenizer, before_answer(record["messages"])), sequence))
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
@@ -80,11 +81,6 @@ def path_decisions(model: Any, tokenizer: Any, template: Any, trie: ChoiceTrie,
     finally:
         model.train(was_training)
     return out
-
-
-def _before_answer(messages: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
-    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
-    return list(messages[:last])
 
 
 def _answer_logits(model: Any, tokenizer: Any, chunk: Sequence[tuple[int, list[int], tuple[int, ...]]]):
