@@ -18,16 +18,8 @@ QUESTIONS = ["Hello there, how", "The quick brown fox", "你", "Please summarize
 
 
 @pytest.fixture(scope="module")
-def model(tiny_llama):
-    from transformers import AutoModelForCausalLM
-
-    net = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in net.parameters():
-            if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return net
+def model(random_tiny_llama):
+    return random_tiny_llama(1)
 
 
 @pytest.fixture(scope="module")
