@@ -6,7 +6,7 @@ evaluation records exactly like the model:
 * `majority`: always the most frequent training answer;
 * `tfidf_lr` (closed answer sets): TF-IDF over word 1-2-grams and character 2-5-grams
   (scikit-learn), multinomial logistic regression; C is chosen on the validation records, never
-  on the evaluation split;
+  on the evaluation split (`data.classic`, the classifier a run's prior can be);
 * `nearest`: the answer of the most similar training prompt (TF-IDF cosine), the retrieval
   baseline for free-text answers as for labels.
 
@@ -25,7 +25,6 @@ from typing import Any
 
 from domaintune.data.answers import final_answer, prompt_text
 
-C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 def classic_baselines(train: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]], *,
@@ -70,37 +69,20 @@ def _run(fit_predict: Any, truth: list[str], closed: bool) -> dict[str, Any]:
             "cpu_seconds": round(seconds, 3), "settings": settings}
 
 
-def _vectorizer() -> Any:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import FeatureUnion
-
-    return FeatureUnion([("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
-                         ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))])
-
-
 def _nearest(xs: list[str], ys: list[str], queries: list[str]) -> list[str]:
-    vectorizer = _vectorizer().fit(xs)
-    similarity = vectorizer.transform(queries) @ vectorizer.transform(xs).T  # rows are L2-normalised: cosine
+    from domaintune.data.classic import fit_vectorizers, transform
+
+    vectorizers = fit_vectorizers(xs)
+    similarity = transform(vectorizers, queries) @ transform(vectorizers, xs).T  # rows are L2-normalised: cosine
     return [ys[int(similarity[i].toarray().argmax())] for i in range(len(queries))]
 
 
 def _tfidf_lr(xs: list[str], ys: list[str], val_x: list[str], val_y: list[str],
               test_x: list[str]) -> tuple[list[str], dict[str, Any]]:
-    from sklearn.linear_model import LogisticRegression
+    from domaintune.data.classic import fit_classifier
 
-    vectorizer = _vectorizer().fit(xs)
-    train_m, test_m = vectorizer.transform(xs), vectorizer.transform(test_x)
-
-    def fit(c: float) -> Any:
-        return LogisticRegression(C=c, max_iter=2000).fit(train_m, ys)
-
-    if val_x:
-        val_m = vectorizer.transform(val_x)
-        scores = {c: float((fit(c).predict(val_m) == val_y).mean()) for c in C_GRID}
-        best = max(C_GRID, key=lambda c: (scores[c], -c))
-    else:
-        best, scores = 10.0, {}
-    return list(fit(best).predict(test_m)), {"C": best, "val_accuracy_by_C": scores}
+    clf = fit_classifier(xs, ys, val_x, val_y)
+    return clf.predict(test_x), clf.settings
 
 
 def against_model(model_scores: Sequence[float], baselines: Mapping[str, Mapping[str, Any]],

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from domaintune.eval.baselines import C_GRID, against_model, classic_baselines, prompt_text
+from domaintune.data.classic import C_GRID
+from domaintune.eval.baselines import against_model, classic_baselines, prompt_text
 
 TOPICS = {"cardiology": ["heart", "valve", "artery", "aorta"], "neurology": ["brain", "nerve", "seizure", "spine"],
           "oncology": ["tumor", "cancer", "lymphoma", "metastasis"]}
