@@ -5,7 +5,9 @@ and one generation task), all in one run and side by side, with wall and CPU sec
 
 * majority answer, TF-IDF + logistic regression (C chosen on validation), nearest training answer;
 * the base model (embedded SmolLM2-135M-Instruct) zero-shot and 3-shot;
-* domaintune with default settings (`domaintune prepare`, `train`, `eval`: nothing set but paths);
+* domaintune with default settings (`domaintune prepare`, `train`, `eval`: nothing set but paths),
+  which for a closed answer set mixes in the prior training chose on validation, and the same run
+  decoding with the model alone (`eval.neighbour_prior=false`);
 * domaintune + retrieval: the same, with `retrieval.kb: train` (each prompt shows its nearest
   training pairs, leave-one-out while training) and, for an equal-compute comparison, a time
   budget equal to the default run's training-loop time (its prompts are several times longer);
@@ -144,6 +146,13 @@ def run_task(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
                                  "train_cpu_s": round(clock.cpu, 1), "eval": took, "steps": run.steps,
                                  "epochs": run.summary["epochs"], "stop_reason": run.stop_reason}
     per_example["default"] = scores(result, metric)
+    row["prior"] = _prior(run.summary.get("neighbour_prior"))
+    if row["prior"] is not None:  # the same run decoding with the model alone (eval.neighbour_prior=false)
+        alone, took = evaluate(apply_overrides(recipe, ["eval.neighbour_prior=false"]), folder, "alone-test",
+                               adapter=str(run.run_dir))
+        row["systems"]["default_alone"] = {"score": alone.report["metrics"][metric],
+                                           "extra": alone.report["metrics"].get(extra), "eval": took}
+        per_example["default_alone"] = scores(alone, metric)
     row["default_val"] = _val_score(recipe, folder, run, metric)
     _with_retrieval(recipe, folder, row, metric, extra, per_example, run.summary["seconds"])
     row["tfidf_val"] = _tfidf_val(train, val, closed) if labelled else None
@@ -152,7 +161,21 @@ def run_task(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
                        for other in ("base_3shot", "base_0shot", "tfidf_lr", "nearest") if other in per_example}
     row["p_values"].update({f"retrieval_vs_{other}": paired_p(per_example["retrieval"], per_example[other], labelled)
                             for other in ("tfidf_lr", "nearest", "default") if other in per_example})
+    if "default_alone" in per_example:
+        row["p_values"].update({"default_vs_alone": paired_p(per_example["default"], per_example["default_alone"], True),
+                                "alone_vs_base_3shot": paired_p(per_example["default_alone"],
+                                                                per_example["base_3shot"], True)})
     return row
+
+
+def _prior(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the run's prior chose on validation: kind, weight, and per kind its weight and accuracy."""
+    if not record:
+        return None
+    return {"kind": record["kind"], "weight": record["weight"], "val_accuracy": record["val_accuracy"],
+            "val_alone": record["val_accuracy_by_weight"]["0.0"],
+            "by_kind": {k: {"weight": f["weight"], "val_accuracy": f["val_accuracy"]}
+                        for k, f in record.get("by_kind", {}).items()}}
 
 
 def _extra(result: dict[str, Any], test: Any, extra: str) -> float | None:
@@ -181,6 +204,7 @@ def _with_retrieval(recipe: Any, folder: Path, row: dict[str, Any], metric: str,
                                    "eval": took, "steps": run.steps, "epochs": run.summary["epochs"],
                                    "time_budget_s": round(max(60.0, budget_s)), "stop_reason": run.stop_reason}
     row["systems"]["retrieval_top1"] = {"score": report["top1"]["score"]}
+    row["retrieval_prior"] = _prior(run.summary.get("neighbour_prior"))
     row["retrieval"] = {"recall_at_k": report["recall_at_k"], "by_hit": report["by_hit"], "k": report["k"]}
     per_example["retrieval"] = scores(result, metric)
 
@@ -286,13 +310,15 @@ def _finished_tasks(path: Path, args: argparse.Namespace) -> dict[str, dict[str,
 
 SYSTEMS = [("majority", "majority"), ("tfidf_lr", "TF-IDF + LR"), ("nearest", "nearest answer"),
            ("retrieval_top1", "BM25 top-1 answer"), ("base_0shot", "base 0-shot"), ("base_3shot", "base 3-shot"),
-           ("default", "domaintune default"), ("tune", "domaintune tune"), ("retrieval", "domaintune + retrieval")]
+           ("default_alone", "domaintune model alone"), ("default", "domaintune default"), ("tune", "domaintune tune"),
+           ("retrieval", "domaintune + retrieval")]
 
 
 def render_table(results: dict[str, Any]) -> str:
     """The markdown table of docs/quality.md: one row per task, one column per system, test scores."""
     head = "| task | domain | metric | train/val/test | " + " | ".join(n for _, n in SYSTEMS) + \
-        " | default vs 3-shot | default vs TF-IDF+LR | +retrieval vs TF-IDF+LR | default train | +retrieval train |"
+        " | prior (w) | default vs 3-shot | default vs TF-IDF+LR | default vs model alone | +retrieval vs TF-IDF+LR |" \
+        " default train | +retrieval train |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in results["tasks"]:
         systems = row["systems"]
@@ -300,11 +326,18 @@ def render_table(results: dict[str, Any]) -> str:
         p = row["p_values"]
         d = systems["default"]
         lines.append(f"| {row['task']} | {row['domain']} | {row['metric']} | {row['train']}/{row['val']}/{row['test']} | "
-                     + " | ".join(cells) + f" | p {_p(p.get('default_vs_base_3shot'))} | "
-                     f"p {_p(p.get('default_vs_tfidf_lr'))} | p {_p(p.get('retrieval_vs_tfidf_lr'))} | "
+                     + " | ".join(cells) + f" | {_prior_cell(row.get('prior'))} | p {_p(p.get('default_vs_base_3shot'))} | "
+                     f"p {_p(p.get('default_vs_tfidf_lr'))} | p {_p(p.get('default_vs_alone'))} | "
+                     f"p {_p(p.get('retrieval_vs_tfidf_lr'))} | "
                      f"{d['train_wall_s'] / 60:.1f} min, {d['epochs']:.1f} epochs | "
                      f"{systems['retrieval']['train_wall_s'] / 60:.1f} min |")
     return "\n".join(lines)
+
+
+def _prior_cell(prior: dict[str, Any] | None) -> str:
+    if not prior:
+        return "–"
+    return "none (0)" if prior["weight"] == 0 else f"{prior['kind']} ({prior['weight']:.2f})"
 
 
 def _p(value: float | None) -> str:

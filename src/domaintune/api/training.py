@@ -174,14 +174,14 @@ def _train_domains(recipe: Recipe, cfg: TrainConfig, train_split: Any, val_split
 
 
 def _copy_records(run_dir: Path, target: Path) -> None:
-    """A domain adapter's answer set and knowledge base go with it, so serve reads them there too."""
+    """A domain adapter's answer set, knowledge base and prior go with it, so serve reads them there too."""
     from domaintune.api.retrieval import KB_DIR
-    from domaintune.methods.artifact import LABELS_FILE, PRIOR_DIR, PRIOR_FILE, RETRIEVAL_FILE
+    from domaintune.methods.artifact import LABELS_FILE, PRIOR_CLASSIFIER, PRIOR_DIR, PRIOR_FILE, RETRIEVAL_FILE
 
     for name in (LABELS_FILE, RETRIEVAL_FILE, PRIOR_FILE):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, target / name)
-    for name in (KB_DIR, PRIOR_DIR):
+    for name in (KB_DIR, PRIOR_DIR, PRIOR_CLASSIFIER):
         if (run_dir / name).is_dir():
             shutil.copytree(run_dir / name, target / name)
 

@@ -143,11 +143,10 @@ class TrainConfig(Section):
     closed_set_loss: bool = Field(True, description="When the answers form a closed set, add to the token loss the "
                                                     "cross-entropy of each choice among the tokens the set allows "
                                                     "there, as constrained decoding picks (train/closed_set.py).")
-    neighbour_prior: bool = Field(False, description="When the answers form a closed set, index the training pairs "
-                                                     "and mix the answers of a question's nearest pairs into "
-                                                     "eval's decoding, with a weight chosen on validation (0 when it "
-                                                     "does not help; models/prior.py). Off by default until serve "
-                                                     "applies it too.")
+    neighbour_prior: bool = Field(True, description="When the answers form a closed set, index the training pairs "
+                                                    "and mix the answers of a question's nearest pairs into the "
+                                                    "decoding of eval and serve, with a weight chosen on validation "
+                                                    "(0 when it does not help; models/prior.py).")
     keep_reasoning: bool = Field(True, description="Keep <think> reasoning in R1 training targets.")
     eval_every: int | Literal["auto"] = Field(
         "auto", description="Validate every N optimizer steps; 'auto': about 6 times per run.")

@@ -4,7 +4,9 @@ A model trained with retrieval saw the top-k entries of its knowledge base in ev
 without them it answers worse. So an export copies the base beside the weights (`kb/`), records it
 (`retrieval.json`, the path relative to the export) and writes RETRIEVAL.md, which shows vLLM and
 llama.cpp users the exact prompt format to rebuild (`domaintune serve` does it by itself). A run's
-closed answer set (`labels.json`) is copied too, so `serve --closed-set auto` works on the export.
+closed answer set (`labels.json`) is copied too, so `serve --closed-set auto` works on the export,
+and so is its prior (`prior.json` with `neighbours/` and `classifier/`), so that serving the export
+mixes in the same vote with the same weight as eval did (other servers decode with the model alone).
 """
 
 from __future__ import annotations
@@ -12,31 +14,45 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from domaintune.methods.artifact import (LABELS_FILE, RETRIEVAL_FILE, find_artifact, open_knowledge_base,
-                                        write_retrieval)
+from domaintune.methods.artifact import (LABELS_FILE, PRIOR_CLASSIFIER, PRIOR_DIR, PRIOR_FILE, RETRIEVAL_FILE,
+                                        find_artifact, open_knowledge_base, open_prior, write_prior, write_retrieval)
 from domaintune.models.context import HEADER
 
 KB_DIR, NOTE = "kb", "RETRIEVAL.md"
 
 
 def copy_run_extras(run_dir: Path, out: Path) -> list[str]:
-    """Copy labels.json and the knowledge base (with retrieval.json and RETRIEVAL.md) into `out`."""
+    """Copy labels.json, the neighbour prior (prior.json, neighbours/) and the knowledge base (with
+    retrieval.json and RETRIEVAL.md) into `out`."""
     art = find_artifact(run_dir)
     written = []
     source = art.run_dir or art.folder
     if (source / LABELS_FILE).is_file():
         shutil.copyfile(source / LABELS_FILE, out / LABELS_FILE)
         written.append(LABELS_FILE)
+    prior = art.prior
+    if prior is not None:
+        open_prior(prior)  # what the weight was fitted with, unchanged, or a clear refusal
+        _copy_tree(Path(prior["kb"]), out / PRIOR_DIR)
+        copied = {"kb": PRIOR_DIR}
+        if prior.get("classifier"):
+            _copy_tree(Path(prior["classifier"]), out / PRIOR_CLASSIFIER)
+            copied["classifier"] = PRIOR_CLASSIFIER
+        write_prior(out, {**prior, **copied})
+        written += [*copied.values(), PRIOR_FILE]
     record = art.retrieval
     if record is not None and record.get("kb"):
         open_knowledge_base(record)  # the base the run trained with, unchanged, or a clear refusal
-        target = out / KB_DIR
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(Path(record["kb"]), target)
+        _copy_tree(Path(record["kb"]), out / KB_DIR)
         write_retrieval(out, {**record, "kb": KB_DIR})
         (out / NOTE).write_text(_note(record), encoding="utf-8")
         written += [KB_DIR, RETRIEVAL_FILE, NOTE]
     return written
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
 
 
 def _note(record: dict) -> str:

@@ -12,6 +12,7 @@ trained with), so `load_artifact` rebuilds exactly the model that was trained:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ METRICS_FILE = "metrics.jsonl"  # one line per step and validation (train/callba
 PLOT_FILE = "loss.png"  # the loss curves (train/callbacks.py)
 LABELS_FILE = "labels.json"  # the run's closed answer set (data.answers), beside adapter/ or model/
 RETRIEVAL_FILE = "retrieval.json"  # the knowledge base a run read (path, sha256, k, budget, rendering)
-PRIOR_FILE = "prior.json"  # the neighbour prior of a closed answer set (index path, sha256, k, weight)
-PRIOR_DIR = "neighbours"  # the index of the training pairs that vote, beside prior.json
+PRIOR_FILE = "prior.json"  # the prior of a closed answer set (kind, index/classifier paths and sha256, k, weight)
+PRIOR_DIR = "neighbours"  # the index of the training pairs that vote (kind "neighbours"), beside prior.json
+PRIOR_CLASSIFIER = "classifier"  # the TF-IDF + LR classifier of the training pairs (kind "tfidf_lr")
+PRIOR_KINDS = ("neighbours", "tfidf_lr")
 KINDS = ("adapter", "model")
 
 
@@ -73,7 +76,13 @@ class Artifact:
             if folder is not None and (folder / RETRIEVAL_FILE).is_file():
                 record = read_json(folder / RETRIEVAL_FILE)
                 if record.get("kb") and not Path(record["kb"]).is_absolute():  # an export's kb/ beside it
-                    record["kb"] = str(folder / record["kb"])
+                    record.setdefault("kind", "neighbours")  # records written before there were kinds
+                if record["kind"] not in PRIOR_KINDS:
+                    raise UserError(f"the run's prior is of an unknown kind {record['kind']!r}",
+                                    file=str(folder / PRIOR_FILE), hint="upgrade domaintune, or train the run again")
+                record["kb"] = str(folder / record["kb"])
+                if record.get("classifier"):
+                    record["classifier"] = str(folder / record["classifier"])
                 return record
         return None
 
@@ -86,7 +95,13 @@ class Artifact:
                 if not isinstance(record.get("weight"), (int, float)) or not record.get("kb"):
                     raise UserError("the run's neighbour prior record is incomplete", file=str(folder / PRIOR_FILE),
                                     hint="train the run again, or delete the file to decode without it")
+                record.setdefault("kind", "neighbours")  # records written before there were kinds
+                if record["kind"] not in PRIOR_KINDS:
+                    raise UserError(f"the run's prior is of an unknown kind {record['kind']!r}",
+                                    file=str(folder / PRIOR_FILE), hint="upgrade domaintune, or train the run again")
                 record["kb"] = str(folder / record["kb"])
+                if record.get("classifier"):
+                    record["classifier"] = str(folder / record["classifier"])
                 return record
         return None
 
@@ -113,6 +128,24 @@ def open_prior_index(record: dict[str, Any]) -> Any:
         raise UserError(f"the neighbour index changed since training (sha256 {kb.sha256[:12]})", file=str(path),
                         hint="restore the index the run was trained with, or train the run again")
     return kb
+
+
+def open_prior(record: dict[str, Any]) -> Callable[[Sequence[str]], list[dict[str, float]]]:
+    """The vote of a prior record (`Artifact.prior`): questions -> per question, answer -> weight
+    summing to 1 ({} when nothing votes): the `k` nearest training pairs (kind "neighbours",
+    `data.kb.neighbour_votes`) or the classifier's probabilities (kind "tfidf_lr", `data.classic`).
+
+    Raises:
+        UserError: the index or classifier is missing or changed since training.
+    """
+    if record["kind"] == "tfidf_lr":
+        from domaintune.data.classic import TextClassifier
+
+        return TextClassifier.load(Path(record["classifier"]), record.get("classifier_sha256")).votes
+    from domaintune.data.kb import neighbour_votes
+
+    kb, k = open_prior_index(record), int(record["k"])
+    return lambda questions: neighbour_votes(kb, questions, k)
 
 
 def open_knowledge_base(record: dict[str, Any], kb_path: str | Path | None = None,

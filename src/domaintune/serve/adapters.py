@@ -35,7 +35,7 @@ from domaintune.methods.base import METHOD_FILE, get_method, read_method_file
 from domaintune.models.load import PEFT_CONFIG, check_adapter_folder, load_model, load_tokenizer
 from domaintune.models.templates import ChatTemplate, get_template
 from domaintune.serve.codec import Codec
-from domaintune.serve.knowledge import ChoiceTries, Knowledge, run_extras
+from domaintune.serve.knowledge import ChoiceTries, Knowledge, Prior, run_extras
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
@@ -50,6 +50,7 @@ class Route:
         disable: run the shared model with its adapters disabled (the base, once LoRA is stacked).
         labels: the closed answer set the adapter's run recorded (`serve.knowledge`), or None.
         knowledge: the knowledge base its run trained with, or None.
+        prior: its run's neighbour prior, mixed in when a request decodes inside `labels`, or None.
     """
 
     model: Any = field(repr=False)
@@ -57,6 +58,7 @@ class Route:
     disable: bool = False
     labels: tuple[str, ...] | None = None
     knowledge: Knowledge | None = field(default=None, repr=False)
+    prior: Prior | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -181,12 +183,13 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     routes: dict[str, Route] = {}
     for name, path in adapters.items():
         folder = artifact_folder(path)
-        labels, knowledge = run_extras(folder, kb_changed_ok)
+        x = run_extras(folder, kb_changed_ok)
+        extras = {"labels": x.labels, "knowledge": x.knowledge, "prior": x.prior}
         if is_lora(folder):
             shared = _stack_lora(shared, folder, name)
-            routes[name] = Route(shared, adapter=name, labels=labels, knowledge=knowledge)
+            routes[name] = Route(shared, adapter=name, **extras)
         else:
-            routes[name] = Route(_own_copy(fresh_base(), folder, name), labels=labels, knowledge=knowledge)
+            routes[name] = Route(_own_copy(fresh_base(), folder, name), **extras)
     # Once LoRA is stacked, the base is the shared peft model with its adapters disabled.
     base = Route(shared, disable=hasattr(shared, "peft_config"))
     served = ServedModels(base_name, tokenizer, tpl, Codec(tokenizer, tpl), context, {base_name: base, **routes},

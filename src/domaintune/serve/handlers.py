@@ -115,8 +115,12 @@ def plan_chat(req: ChatRequest, served: ServedModels, options: ServeOptions) -> 
     trie = _choices(req.guided_choice or (route.labels if options.closed_set == "auto" else None), served)
     if trie is not None:  # room for the longest answer of the set
         limit = max(limit or 0, trie.depth)
+    prior = None
+    if trie is not None and route.prior is not None and tuple(trie.answers) == route.labels:
+        # the run's own answer set: its neighbour vote mixed in as eval mixes it (serve.knowledge)
+        prior = (route.prior.vector(messages, trie), route.prior.weight)
     plan = _plan("chat.completions", "chatcmpl", req, [prompt], "messages", (param, limit), messages,
-                 served, options, trie)
+                 served, options, trie, prior)
     plan.retrieved = retrieved
     return plan
 
@@ -157,7 +161,7 @@ def plan_completion(req: CompletionRequest, served: ServedModels, options: Serve
 
 def _plan(endpoint: str, prefix: str, req: Any, prompts: list[list[int]], prompt_param: str,
           max_tokens: tuple[str, int | None], logged: Any, served: ServedModels, options: ServeOptions,
-          trie: Any = None) -> Plan:
+          trie: Any = None, prior: tuple[tuple[float, ...], float] | None = None) -> Plan:
     if req.n > options.max_n or len(prompts) * req.n > options.max_n:
         param = "n" if req.n > options.max_n else prompt_param
         raise ApiError(400, f"{param}: at most {options.max_n} choices per request", param=param)
@@ -168,13 +172,15 @@ def _plan(endpoint: str, prefix: str, req: Any, prompts: list[list[int]], prompt
     # A top_p under float32's range reads as 0 in the decoder and drops every token; any top_p
     # below the top token's probability (>= 1/vocab) keeps that token alone, as 1e-6 does.
     top_p = max(served.default_top_p if req.top_p is None else req.top_p, TOP_P_MIN)
+    vector, weight = prior or (None, 0.0)
     rows, params = [], []
     for prompt, length in zip(prompts, lengths):
         for j in range(req.n):
             # n different samples, each reproducible; kept inside the generator's 64-bit seed range.
             seed = None if req.seed is None else (req.seed + j) % 2**64
             rows.append(prompt)
-            params.append(SamplingParams(length, temperature, top_p, seed, served.codec.stop_ids, trie))
+            params.append(SamplingParams(length, temperature, top_p, seed, served.codec.stop_ids, trie,
+                                         prior=vector, prior_weight=weight))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return Plan(endpoint, new_id(prefix), req.model, rows, params, tuple(req.stop_list()),
                 sum(len(p) for p in prompts), logged, req.stream, include_usage)

@@ -1,32 +1,38 @@
-"""What a served adapter brings from its run besides weights: its closed answer set and its knowledge base.
+"""What a served adapter brings from its run besides weights: its answer set, knowledge base and prior.
 
 A run that trained on labels records them (`labels.json`); one that trained with retrieval records
-its knowledge base (`retrieval.json`). The server loads both with the adapter: requests to it are
-looked up in the same knowledge base, rendered into the prompt the same way as in training, and
-answered with the ids of the entries used; with `--closed-set auto` they decode inside the run's
-answer set. A knowledge base whose hash differs from the one the run trained with is refused at
-start-up unless `--kb-changed-ok` is given.
+its knowledge base (`retrieval.json`); one whose prior helped on validation records it (`prior.json`,
+`api/prior.py`: the vote of its nearest training pairs, or of a TF-IDF classifier of them). The
+server loads all three with the adapter: requests to it are looked up in the same knowledge base,
+rendered into the prompt the same way as in training, and answered with the ids of the entries used;
+with `--closed-set auto` (or a `guided_choice` equal to the run's answer set) they decode inside the
+run's answer set, mixing in the prior's vote with the weight training chose, exactly as `domaintune
+eval` does. A knowledge base, index or classifier whose hash differs from the one the run trained
+with is refused at start-up (`--kb-changed-ok` lets a changed knowledge base through, never a
+changed prior).
 
 `ChoiceTries` turns a request's `guided_choice` list (vLLM's field for the same thing) into a
 `models.choice.ChoiceTrie`, keeping the last few so repeated lists cost nothing.
 
-    labels, knowledge = run_extras(folder, kb_changed_ok=False)
-    messages, ids = knowledge.apply(messages, tokenizer)
+    extras = run_extras(folder, kb_changed_ok=False)
+    messages, ids = extras.knowledge.apply(messages, tokenizer)
+    vector = extras.prior.vector(messages, trie)          # the vote over trie.answers
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from domaintune.errors import UserError
-from domaintune.methods.artifact import find_artifact, open_knowledge_base
+from domaintune.methods.artifact import find_artifact, open_knowledge_base, open_prior
 from domaintune.methods.base import METHOD_FILE
 from domaintune.models.choice import ChoiceTrie
 from domaintune.models.context import query_text, render_context, with_context
+
 
 TRIES_KEPT = 32
 
@@ -47,29 +53,51 @@ class Knowledge:
         return with_context(messages, block), [h.entry.id for h in shown]
 
 
-def run_extras(folder: Path, kb_changed_ok: bool = False) -> tuple[tuple[str, ...] | None, Knowledge | None]:
-    """The closed answer set and the knowledge base a trained folder's run recorded (None each when none).
+@dataclass(frozen=True)
+class Prior:
+    """A run's prior: its vote (`methods.artifact.open_prior`), its kind, and the vote's share."""
+
+    vote: Callable[[Sequence[str]], list[dict[str, float]]] = field(repr=False)
+    kind: str
+    weight: float
+
+    def vector(self, messages: Sequence[Mapping[str, str]], trie: ChoiceTrie) -> tuple[float, ...]:
+        """The vote for the last user message (as the user wrote it, before any retrieved block:
+        `api/prior.run_votes` looks eval's records up the same way), over `trie`'s answers."""
+        return trie.prior_vector(self.vote([query_text(messages)])[0])
+
+
+@dataclass(frozen=True)
+class RunExtras:
+    """What `run_extras` read: each None when the run recorded none."""
+
+    labels: tuple[str, ...] | None = None
+    knowledge: Knowledge | None = None
+    prior: Prior | None = None
+
+
+def run_extras(folder: Path, kb_changed_ok: bool = False) -> RunExtras:
+    """The closed answer set, knowledge base and neighbour prior a trained folder's run recorded.
+
+    A prior with weight 0 (the vote did not help on validation) is not loaded: the model decides alone.
 
     Raises:
-        UserError: the run's knowledge base is missing or changed (see `open_knowledge_base`).
+        UserError: the run's knowledge base or neighbour index is missing or changed
+            (`open_knowledge_base`, `open_prior_index`).
     """
     if not (Path(folder) / METHOD_FILE).is_file():
-        return None, None  # a plain PEFT folder records neither
+        return RunExtras()  # a plain PEFT folder records none of them
     art = find_artifact(folder)
     labels = tuple(art.labels) if art.labels else None
-    prior = art.prior
-    if labels and prior and float(prior["weight"]) > 0:  # not yet mixed in here: say so, never silently
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "%s: the run's neighbour prior (weight %.2f, prior.json) is applied by `domaintune eval` only; "
-            "serve decodes with the model alone, so its answers can differ from eval's", folder, float(prior["weight"]))
-    record = art.retrieval
-    if record is None:
-        return labels, None
-    kb = open_knowledge_base(record, allow_changed=kb_changed_ok)
+    record, prior = art.prior, None
+    if labels and record and float(record["weight"]) > 0:
+        prior = Prior(open_prior(record), record["kind"], float(record["weight"]))
+    retrieval = art.retrieval
+    if retrieval is None:
+        return RunExtras(labels, None, prior)
+    kb = open_knowledge_base(retrieval, allow_changed=kb_changed_ok)
     try:
-        return labels, Knowledge(kb, int(record["k"]), int(record["max_tokens"]))
+        return RunExtras(labels, Knowledge(kb, int(retrieval["k"]), int(retrieval["max_tokens"])), prior)
     except (KeyError, TypeError, ValueError):
         raise UserError("the run's retrieval.json lacks k or max_tokens", file=str(folder),
                         hint="train the run again") from None

@@ -46,6 +46,8 @@ def test_the_neighbour_prior_is_fitted_on_validation_and_used_by_eval(make_recip
     prior = json.loads((run.run_dir / PRIOR_FILE).read_text())
     assert prior["weight"] > 0 and prior["val_accuracy"] == 100.0
     assert prior["val_accuracy_by_weight"]["0.0"] < 100.0 and run.summary["neighbour_prior"] == prior
+    assert set(prior["by_kind"]) == {"neighbours", "tfidf_lr"} and prior["by_kind"][prior["kind"]]["weight"] == prior["weight"]
+    assert all(f["val_accuracy"] <= prior["val_accuracy"] for f in prior["by_kind"].values())
     assert (run.run_dir / PRIOR_DIR / "manifest.json").is_file()
     mixed, _ = api.evaluate(r, adapter=str(run.run_dir), output_dir=str(tmp_path / "mixed"), progress=False)
     alone, _ = api.evaluate(r.model_copy(update={"eval": r.eval.model_copy(update={"neighbour_prior": False})}), adapter=str(run.run_dir),
@@ -61,6 +63,46 @@ def test_turning_the_prior_off_removes_a_stale_record(make_recipe, tmp_path):
     on = r.model_copy(update={"train": r.train.model_copy(update={"neighbour_prior": True})})
     api.train(on, force=True, progress=False)
     assert (on.train.output_dir and find_artifact(on.train.output_dir).prior is not None)
-    off = r
+    off = r.model_copy(update={"train": r.train.model_copy(update={"neighbour_prior": False})})
     run = api.train(off, force=True, progress=False)
     assert not (run.run_dir / PRIOR_FILE).exists() and find_artifact(run.run_dir).prior is None
+
+
+def test_serve_mixes_in_the_runs_prior_as_eval_does(make_recipe, tmp_path):
+    """Greedy served answers inside the run's set are eval's with the prior, row for row (the model alone
+    gets some rows wrong, so a server that ignored the prior would differ); a guided_choice of other
+    answers decodes with the model alone; an adapter export keeps the prior."""
+    import httpx
+
+    from domaintune.serve.adapters import load_served
+    from domaintune.serve.app import build_app
+    from domaintune.serve.options import ServeOptions
+    from domaintune.serve.server import serve_in_thread
+
+    r = make_recipe()
+    r = r.model_copy(update={"train": r.train.model_copy(update={"neighbour_prior": True})})
+    run = api.train(r, force=True, progress=False)
+    mixed, _ = api.evaluate(r, adapter=str(run.run_dir), output_dir=str(tmp_path / "mixed"), progress=False)
+    served = load_served(r.model.name, {"run": run.run_dir}, template="chatml")
+    assert served.routes["run"].prior.weight == json.loads((run.run_dir / PRIOR_FILE).read_text())["weight"]
+    rows = [json.loads(line) for line in open(r.eval.data, encoding="utf-8")]
+    with serve_in_thread(build_app(served, ServeOptions(closed_set="auto"))) as url:
+        answers = [httpx.post(url + "/v1/chat/completions", timeout=60,
+                              json={"model": "run", "messages": row["messages"][:-1], "temperature": 0}).json()
+                   for row in rows]
+        other = httpx.post(url + "/v1/chat/completions", timeout=60,
+                           json={"model": "run", "messages": rows[0]["messages"][:-1],
+                                 "guided_choice": ["yes", "no"]}).json()
+    assert len(answers) == len(mixed.predictions)
+    for answer, expected in zip(answers, mixed.predictions):
+        choice = answer["choices"][0]
+        assert choice["message"]["content"] == expected["prediction"]
+        assert abs(choice["confidence"] - expected["confidence"]) < 1e-3
+    assert other["choices"][0]["message"]["content"] in ("yes", "no")
+    # an adapter export carries the prior and its index, so serving the export mixes in the same vote
+    from domaintune.serve.knowledge import run_extras
+
+    api.export(str(run.run_dir), "adapter", str(tmp_path / "export"), samples=1)
+    exported = run_extras(tmp_path / "export")
+    assert (tmp_path / "export" / PRIOR_DIR / "manifest.json").is_file()
+    assert exported.prior.weight == served.routes["run"].prior.weight and exported.labels == tuple(LABELS)
