@@ -8,7 +8,7 @@ import sys
 import pytest
 
 COMMANDS = ["prepare", "train", "inspect", "eval", "compare", "review", "export", "serve", "chat", "agree", "validate",
-            "recipe", "demo"]
+            "recipe", "demo", "monitor"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -60,3 +60,31 @@ def test_help_does_not_import_torch():
             "print('TORCH', 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "TORCH False" in out.stdout
+
+
+def test_monitor_drift_reads_a_store_and_says_where_drift_began(tmp_path):
+    import json
+    from importlib import resources
+
+    from domaintune.data.store import Store
+
+    def rows(name):
+        text = resources.files("domaintune.datasets").joinpath(name).read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    icd, general = rows("icd10_chapters.jsonl"), rows("general_prompts.jsonl")
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in icd[:1500]), encoding="utf-8")
+    store = Store(tmp_path / "traffic.db")
+    for i, row in enumerate(icd[1500:1540] + general[:40]):
+        label = row["messages"][1]["content"] if len(row["messages"]) > 1 else "Neoplasms"
+        store.write({"id": f"chatcmpl-{i}", "model": "icd", "prompt": row["messages"][:1], "output": [label],
+                     "status": 200, "confidences": [None]})
+    store.close()
+    out = run("monitor", "drift", "--reference", str(tmp_path / "prepared"), "--store", str(tmp_path / "traffic.db"),
+              "--window", "40", "-o", str(tmp_path / "drift"))
+    assert out.returncode == 0, out.stderr
+    assert "2 window(s) of 40" in out.stdout and "DRIFT: first alarm at request 80" in out.stdout
+    assert (tmp_path / "drift" / "drift.png").is_file()
+    missing = run("monitor", "drift", "--reference", str(tmp_path / "nope"), "--store", str(tmp_path / "traffic.db"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr

@@ -12,7 +12,7 @@ section or flat arguments. The CLI is a thin shell over these functions.
 
 Modules: `data` (prepare, inspect, agree, shipped recipes and datasets), `training` (train),
 `evaluation` (evaluate, compare, review), `deploy` (export, serve, chat), `tune` (hyperparameter
-search), `demo`.
+search), `monitor` (production traffic), `demo`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from domaintune.api.demo import demo, demo_recipe
 from domaintune.api.deploy import chat, export, serve
 from domaintune.api.evaluation import (compare, compare_table, evaluate, forgetting_summary, load_for_eval, metrics_table,
                                        review_export, review_import)
+from domaintune.api.monitor import monitor_drift
 from domaintune.api.retrieval import kb_build, kb_search
 from domaintune.api.training import train
 from domaintune.api.tune import tune
 
 __all__ = ["agree", "bundled_dataset", "chat", "compare", "compare_table", "copy_recipe", "demo", "demo_recipe", "evaluate", "export", "forgetting_summary",
-           "inspect", "kb_build", "kb_search", "load_for_eval", "metrics_table", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
+           "inspect", "kb_build", "kb_search", "load_for_eval", "metrics_table", "monitor_drift", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
            "serve", "train", "tune"]

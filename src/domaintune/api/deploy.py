@@ -64,6 +64,10 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
     if threads:
         torch.set_num_threads(threads)
     kb_changed_ok = bool(options.pop("kb_changed_ok", False))
+    if options.get("store"):  # an unreachable database is said before minutes of loading
+        from domaintune.data.store import Store
+
+        Store(options["store"]).close()
     served = load_served(model, dict(adapters or {}), template=template, trust_remote_code=trust_remote_code,
                          kb_changed_ok=kb_changed_ok)
     app = build_app(served, ServeOptions(api_key=key, **options))

@@ -13,7 +13,7 @@ import sys
 from typing import Callable
 
 from domaintune import __version__
-from domaintune.cli import data, deploy, evaluation, training
+from domaintune.cli import data, deploy, evaluation, monitor, training
 from domaintune.errors import EXIT_USER_ERROR, UserError
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +68,8 @@ _COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("serve", "Serve a model and its adapters over an OpenAI-compatible HTTP API.", deploy.build_serve,
      deploy.run_serve),
     ("chat", "Chat with a model or adapter in the terminal (streamed).", deploy.build_chat, deploy.run_chat),
+    ("monitor", "Production traffic against the training data: drift windows with alarms (serve --store).",
+     monitor.build_monitor, monitor.run_monitor),
     ("agree", "Annotation agreement: Cohen's / Fleiss' kappa with a pass/fail threshold.", data.build_agree,
      data.run_agree),
     ("validate", "Check a recipe file: every error at once, with file and line.", data.build_validate,

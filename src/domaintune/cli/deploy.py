@@ -53,6 +53,11 @@ def build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-size", type=int, default=0, help="cached answers to repeated greedy requests (0: off)")
     p.add_argument("--request-log", help="JSONL log of every request (PII-masked, owner-only, rotated at 64 MiB)")
     p.add_argument("--request-log-raw", action="store_true", help="log prompts and outputs unmasked")
+    p.add_argument("--store", metavar="URL",
+                   help="record every answered request (PII-masked) in a database for `domaintune monitor` and "
+                        "take POST /v1/feedback: a SQLite file path, or an SQLAlchemy URL (postgresql+psycopg://...)")
+    p.add_argument("--store-retention-days", type=float, default=30.0,
+                   help="prune stored requests older than this (default 30)")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow a non-loopback --host without an API key (refused otherwise)")
     p.add_argument("--closed-set", choices=["auto", "off"], default="off",
@@ -71,6 +76,7 @@ def run_serve(a: argparse.Namespace) -> int:
               threads=a.threads, max_batch_size=a.max_batch_size, batch_window_ms=a.batch_window_ms,
               max_queue=a.max_queue, request_timeout_s=a.request_timeout, cache_size=a.cache_size,
               request_log=a.request_log, request_log_raw=a.request_log_raw, closed_set=a.closed_set,
+              store=a.store, store_retention_days=a.store_retention_days,
               kb_changed_ok=a.kb_changed_ok, insecure_no_auth=a.insecure_no_auth)
     return 0
 

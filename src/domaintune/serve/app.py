@@ -5,10 +5,12 @@
     GET  /v1/models             the served names: the base and each adapter
     GET  /health                liveness, the only route open without the API key
     GET  /metrics               Prometheus exposition (`metrics.py`)
+    POST /v1/feedback           a user's rating or correction of an answer (`feedback.py`, needs --store)
 
 `build_app(served, options)` wires one `Engine` (started and drained by the app's lifespan, so a
 SIGTERM under uvicorn stops accepting, finishes what is in flight, then stops the worker), one
-`ServeMetrics`, an optional `ResponseCache` and an optional `RequestLog`. Every error, from a
+`ServeMetrics`, an optional `ResponseCache`, an optional `RequestLog` and an optional traffic store
+(`data.store`: every answered request, PII-masked, written off the request path). Every error, from a
 malformed body to a full queue, is OpenAI's error JSON with the offending field in `param`.
 
     app = build_app(load_served("embedded", {"support": "runs/support"}), ServeOptions(api_key="sk-1"))
@@ -78,6 +80,8 @@ def build_app(served: ServedModels, options: ServeOptions | None = None, *,
             service.prepare.shutdown(wait=False)
             if service.log is not None:
                 service.log.close()
+            if service.store is not None:
+                await asyncio.to_thread(service.store.close)
 
     app = FastAPI(title="domaintune", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
@@ -101,6 +105,7 @@ class Service:
         self.log = RequestLog(options.request_log, raw=options.request_log_raw,
                               on_error=lambda _err: self.metrics.request_log_errors.inc()) \
             if options.request_log else None
+        self.store = _open_store(options, self.metrics)
         self.created = int(time.time())
         # Parsing, retrieval and tokenising run here, one request at a time (the tokenizer is not
         # shared across threads), so a long prompt never holds up the event loop.
@@ -202,8 +207,33 @@ class Service:
             self.metrics.cache_hits.inc()
         elif cache_key is not None and run is not None and status == 200:
             self.cache.put(cache_key, (list(run.texts), list(run.reasons), run.completion_tokens))
-        if self.log is not None:
-            self.log.write(_log_record(endpoint, plan, run, status, error, seconds))
+        if self.log is not None or self.store is not None:
+            record = _log_record(endpoint, plan, run, status, error, seconds)
+            if self.log is not None:
+                self.log.write(record)
+            if self.store is not None:
+                self.store.write(record)
+
+    async def feedback(self, request: Request) -> Response:
+        from domaintune.serve.feedback import store_feedback
+
+        try:
+            raw = await _read_body(request, self.options.max_body_bytes)
+            body = await asyncio.to_thread(store_feedback, self.store, raw)
+        except ApiError as err:
+            return error_response(err)
+        except ClientDisconnect:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(body)
+
+
+def _open_store(options: ServeOptions, metrics: ServeMetrics) -> Any:
+    if not options.store:
+        return None
+    from domaintune.data.store import Store
+
+    return Store(options.store, retention_days=options.store_retention_days,
+                 on_error=lambda _err: metrics.store_errors.inc())
 
 
 def _log_record(endpoint: str, plan: Plan | None, run: Run | None, status: int, error: ApiError | None,
@@ -215,7 +245,8 @@ def _log_record(endpoint: str, plan: Plan | None, run: Run | None, status: int, 
             "prompt_tokens": plan.prompt_tokens if plan else 0,
             "completion_tokens": run.completion_tokens if run else 0, "latency_s": round(seconds, 6),
             "status": status, "error": error.message if error else None,
-            "cached": bool(run and run.cached), "stream": bool(plan and plan.stream)}
+            "cached": bool(run and run.cached), "stream": bool(plan and plan.stream),
+            "confidences": list(run.confidences) if ok else []}
 
 
 def _object(plan: Plan, chunk: bool = False) -> str:
@@ -288,6 +319,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await service.complete(request, "completions")
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        return await service.feedback(request)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

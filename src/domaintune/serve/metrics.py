@@ -52,6 +52,8 @@ class ServeMetrics:
         self.request_log_errors = Counter("domaintune_request_log_errors",
                                           "Request-log lines that could not be written (the answers were sent)",
                                           registry=r)
+        self.store_errors = Counter("domaintune_store_errors",
+                                    "Failed writes to the traffic store (retried; the answers were sent)", registry=r)
 
     # Engine side (called from the worker thread; prometheus_client is thread-safe).
     def observe_batch(self, rows: int) -> None:

@@ -30,6 +30,9 @@ class ServeOptions:
         cache_size: entries of the exact-match cache for greedy requests (0: off).
         request_log: JSONL file each completion request is appended to (None: no log).
         request_log_raw: log prompts and outputs unmasked (by default they are PII-masked).
+        store: the traffic store (`data.store`: a SQLite path or an SQLAlchemy URL) every answered
+            request is recorded in, PII-masked, and `/v1/feedback` writes to (None: none).
+        store_retention_days: requests older than this are pruned from the store (None: kept).
         api_key: the key clients must send as "Authorization: Bearer KEY" (None: open).
         closed_set: "auto": requests to an adapter whose run recorded a closed answer set decode
             inside it (unless they give their own `guided_choice`); "off": only `guided_choice`.
@@ -51,6 +54,8 @@ class ServeOptions:
     cache_size: int = 0
     request_log: str | None = None
     request_log_raw: bool = False
+    store: str | None = None
+    store_retention_days: float | None = 30.0
     api_key: str | None = None
     closed_set: str = "off"
 
@@ -60,7 +65,8 @@ class ServeOptions:
                   "request_timeout_s": self.request_timeout_s > 0, "max_tokens_limit": self.max_tokens_limit >= 1,
                   "default_max_tokens": 1 <= self.default_max_tokens <= self.max_tokens_limit,
                   "max_n": self.max_n >= 1, "max_body_bytes": self.max_body_bytes >= 1024,
-                  "cache_size": self.cache_size >= 0}
+                  "cache_size": self.cache_size >= 0,
+                  "store_retention_days": self.store_retention_days is None or self.store_retention_days > 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"serve settings out of range: {', '.join(bad)}",

@@ -16,6 +16,7 @@ Each line is a JSON object with these keys (stable; add keys, never rename them)
     error              the error message, or null
     cached             true when the answer came from the response cache
     stream             whether the client asked for streaming
+    confidences        one per choice: the answer's probability inside a closed set, else null
 
 Lines are appended and flushed one at a time under a lock, so a crash loses at most the line
 being written, and readers can tail the file while the server runs.

@@ -1,0 +1,66 @@
+"""`api.monitor_drift`: windows of production traffic (the `serve --store` database) against the training data.
+
+    report, paths = api.monitor_drift("prepared/train.jsonl", "traffic.db", window=200, model="icd")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from domaintune.api.data import resolve_path
+from domaintune.errors import UserError
+
+
+def monitor_drift(reference: str, store: str, *, window: int = 200, model: str | None = None,
+                  since_days: float | None = None, predictions: str | None = None,
+                  output_dir: str = "drift") -> tuple[dict[str, Any], dict[str, Path]]:
+    """Compare consecutive windows of stored requests with the reference; write drift.json and drift.png.
+
+    Args:
+        reference: the prepared training split (or its folder: train.jsonl inside).
+        store: the traffic store `serve --store` wrote (a SQLite path or an SQLAlchemy URL).
+        window: requests per window (at least 20).
+        model: only requests to this served name.
+        since_days: only requests of the last N days.
+        predictions: eval's predictions.jsonl on validation, whose confidences set the reference's mean.
+        output_dir: where drift.json and drift.png go.
+
+    Raises:
+        UserError: a missing reference, an unreachable store, a window under 20.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from domaintune.data.store import Store
+    from domaintune.monitor.drift import drift_report, write_drift
+    from domaintune.train.data import load_split
+
+    if window < 20:
+        raise UserError(f"a drift window of {window} requests is too small to tell drift from noise",
+                        hint="--window 20 or more (200 by default)")
+    path = Path(resolve_path(reference))
+    records = load_split(path / "train.jsonl" if path.is_dir() else path)
+    traffic = Store(store)
+    try:
+        since = datetime.now(timezone.utc) - timedelta(days=since_days) if since_days else None
+        rows = traffic.requests(since=since, model=model)
+    finally:
+        traffic.close()
+    report = drift_report(records, rows, window, _confidences(predictions) if predictions else None)
+    report.update(reference=str(records.path), reference_sha256=records.sha256, model=model)
+    return report, write_drift(report, Path(output_dir))
+
+
+def _confidences(path: str) -> list[float]:
+    file = Path(resolve_path(path))
+    try:
+        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read eval predictions: {err}", file=str(file),
+                        hint="give the predictions.jsonl an `eval` on validation wrote") from None
+    values = [float(r["confidence"]) for r in rows if isinstance(r.get("confidence"), (int, float))]
+    if not values:
+        raise UserError("these predictions carry no confidences", file=str(file),
+                        hint="evaluate a run with a closed answer set (confidences come from closed-set decoding)")
+    return values

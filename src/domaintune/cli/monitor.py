@@ -1,0 +1,45 @@
+"""`domaintune monitor`: what production traffic says (the database `serve --store` writes)."""
+
+from __future__ import annotations
+
+import argparse
+
+from domaintune.errors import UserError
+
+
+def build_monitor(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("examples:\n  domaintune serve embedded --adapter icd=runs/icd --store traffic.db\n"
+                "  domaintune monitor drift --reference prepared/ --store traffic.db --model icd -o drift/\n"
+                "  domaintune monitor drift --reference prepared/ --store postgresql+psycopg://u@db/traffic "
+                "--since-days 7")
+    p.add_argument("action", choices=["drift"], help="drift: live prompts (and predicted labels) against training")
+    p.add_argument("--reference", help="the prepared training data (folder or train.jsonl)")
+    p.add_argument("--store", help="the traffic store: the SQLite path or SQLAlchemy URL given to serve --store")
+    p.add_argument("--window", type=int, default=200, help="requests per window (default 200)")
+    p.add_argument("--model", help="only requests to this served name")
+    p.add_argument("--since-days", type=float, help="only requests of the last N days")
+    p.add_argument("--predictions", help="eval's predictions.jsonl on validation: its confidences are the "
+                                         "reference for the confidence-drop alarm")
+    p.add_argument("-o", "--output-dir", default="drift", help="where drift.json and drift.png go (default drift/)")
+
+
+def run_monitor(a: argparse.Namespace) -> int:
+    from domaintune import api
+
+    if not (a.reference and a.store):
+        raise UserError("monitor drift needs --reference and --store",
+                        hint="e.g. domaintune monitor drift --reference prepared/ --store traffic.db")
+    report, paths = api.monitor_drift(a.reference, a.store, window=a.window, model=a.model,
+                                      since_days=a.since_days, predictions=a.predictions, output_dir=a.output_dir)
+    print(f"{report['requests']:,} answered requests in {len(report['windows'])} window(s) of {a.window}, "
+          f"against {report['reference_rows']:,} training rows ({report['reference']})")
+    for i, w in enumerate(report["windows"]):
+        cells = "  ".join(f"{k} {v['value']:.3f}{'!' if v['alarm'] else ''} (<= {v['threshold']:.3f})"
+                          for k, v in w["statistics"].items())
+        print(f"  window {i} (requests {w['start']}-{w['end']}): {cells}")
+    first = report["first_alarm"]
+    print("no drift alarm" if first is None else
+          f"DRIFT: first alarm at request {first['request']} ({', '.join(first['statistics'])}); "
+          f"{report['alarms']} of {len(report['windows'])} windows over their thresholds")
+    print(f"report: {paths['json']}" + (f"  plot: {paths['plot']}" if "plot" in paths else ""))
+    return 0
