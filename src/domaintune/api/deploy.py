@@ -39,7 +39,8 @@ def export(run_dir: str, fmt: str, output_dir: str, *, quant: str | None = None,
 
 def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *, template: str = "auto",
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, threads: int | None = None,
-          trust_remote_code: bool = False, insecure_no_auth: bool = False, **options: Any) -> None:
+          trust_remote_code: bool = False, insecure_no_auth: bool = False,
+          drift_references: Mapping[str, str] | None = None, **options: Any) -> None:
     """Serve a base model and named adapters over an OpenAI-compatible HTTP API until SIGTERM.
 
     Args:
@@ -51,6 +52,8 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
         threads: CPU threads for generation.
         trust_remote_code: run model code shipped with the folder.
         insecure_no_auth: allow a non-loopback `host` without an API key (refused before loading otherwise).
+        drift_references: {served name: its prepared training data (folder or train.jsonl)}: live
+            drift gauges on /metrics (`serve/drift.py`).
         **options: `serve.options.ServeOptions` fields (max_batch_size, batch_window_ms, max_queue,
             closed_set, ...), and `kb_changed_ok` (serve adapters whose knowledge base changed).
     """
@@ -64,14 +67,24 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
     if threads:
         torch.set_num_threads(threads)
     kb_changed_ok = bool(options.pop("kb_changed_ok", False))
+    references = {name: _training_records(path) for name, path in (drift_references or {}).items()}
     if options.get("store"):  # an unreachable database is said before minutes of loading
         from domaintune.data.store import Store
 
         Store(options["store"]).close()
     served = load_served(model, dict(adapters or {}), template=template, trust_remote_code=trust_remote_code,
                          kb_changed_ok=kb_changed_ok)
-    app = build_app(served, ServeOptions(api_key=key, **options))
+    app = build_app(served, ServeOptions(api_key=key, **options), drift_references=references)
     run_server(app, host=host, port=port, insecure_no_auth=insecure_no_auth)
+
+
+def _training_records(path: str) -> Any:
+    from pathlib import Path
+
+    from domaintune.train.data import load_split
+
+    folder = Path(resolve_path(path))
+    return load_split(folder / "train.jsonl" if folder.is_dir() else folder)
 
 
 def chat(model: str = "embedded", adapter: tuple[str, str] | None = None, *, template: str = "auto",

@@ -56,6 +56,9 @@ def build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="URL",
                    help="record every answered request (PII-masked) in a database for `domaintune monitor` and "
                         "take POST /v1/feedback: a SQLite file path, or an SQLAlchemy URL (postgresql+psycopg://...)")
+    p.add_argument("--drift-reference", action="append", default=[], type=kv_pair, metavar="NAME=DATA",
+                   help="live drift gauges on /metrics for served NAME against its prepared training data "
+                        "(repeatable; `domaintune monitor drift` reads the same from --store)")
     p.add_argument("--store-retention-days", type=float, default=30.0,
                    help="prune stored requests older than this (default 30)")
     p.add_argument("--insecure-no-auth", action="store_true",
@@ -77,6 +80,7 @@ def run_serve(a: argparse.Namespace) -> int:
               max_queue=a.max_queue, request_timeout_s=a.request_timeout, cache_size=a.cache_size,
               request_log=a.request_log, request_log_raw=a.request_log_raw, closed_set=a.closed_set,
               store=a.store, store_retention_days=a.store_retention_days,
+              drift_references=_unique(a.drift_reference),
               kb_changed_ok=a.kb_changed_ok, insecure_no_auth=a.insecure_no_auth)
     return 0
 
@@ -85,7 +89,7 @@ def _unique(pairs: list[tuple[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, path in pairs:
         if name in out:
-            raise UserError(f"adapter name '{name}' is given twice", hint="give every --adapter its own NAME")
+            raise UserError(f"the name '{name}' is given twice", hint="give each --adapter (or --drift-reference) NAME once")
         out[name] = path
     return out
 

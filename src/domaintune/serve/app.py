@@ -25,7 +25,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from domaintune.errors import UserError
 from domaintune.models.decode import decode_stream
 from domaintune.serve.adapters import ServedModels
 from domaintune.serve.cache import ResponseCache
@@ -52,13 +53,15 @@ CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection; l
 
 
 def build_app(served: ServedModels, options: ServeOptions | None = None, *,
-              decode: Callable[..., Any] = decode_stream) -> FastAPI:
+              decode: Callable[..., Any] = decode_stream,
+              drift_references: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> FastAPI:
     """Build the server app over loaded models.
 
     Args:
         served: the models (`adapters.load_served`).
         options: batching, limits, cache, log and API key (`ServeOptions()` by default).
         decode: the decoder the engine calls (`models.decode.decode_stream`; tests wrap it).
+        drift_references: served name -> its training records: live drift gauges (`drift.py`).
 
     Returns:
         A FastAPI app; run it with `server.run_server` (or any ASGI server). Its engine starts
@@ -69,6 +72,14 @@ def build_app(served: ServedModels, options: ServeOptions | None = None, *,
     """
     options = options or ServeOptions()
     service = Service(served, options, decode)
+    if drift_references:
+        from domaintune.serve.drift import LiveDrift
+
+        unknown = sorted(set(drift_references) - set(served.names))
+        if unknown:
+            raise UserError(f"--drift-reference names {', '.join(unknown)}, which is not served",
+                            hint=f"use a served name: {', '.join(served.names)}")
+        service.drift = LiveDrift(drift_references, service.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +93,8 @@ def build_app(served: ServedModels, options: ServeOptions | None = None, *,
                 service.log.close()
             if service.store is not None:
                 await asyncio.to_thread(service.store.close)
+            if service.drift is not None:
+                await asyncio.to_thread(service.drift.close)
 
     app = FastAPI(title="domaintune", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
@@ -106,6 +119,7 @@ class Service:
                               on_error=lambda _err: self.metrics.request_log_errors.inc()) \
             if options.request_log else None
         self.store = _open_store(options, self.metrics)
+        self.drift: Any = None  # serve/drift.py's LiveDrift, when build_app is given references
         self.created = int(time.time())
         # Parsing, retrieval and tokenising run here, one request at a time (the tokenizer is not
         # shared across threads), so a long prompt never holds up the event loop.
@@ -207,6 +221,8 @@ class Service:
             self.metrics.cache_hits.inc()
         elif cache_key is not None and run is not None and status == 200:
             self.cache.put(cache_key, (list(run.texts), list(run.reasons), run.completion_tokens))
+        if self.drift is not None and status == 200 and run is not None and endpoint == "chat.completions":
+            self.drift.observe(plan.model, plan.logged_prompt, run.texts[0], run.confidences[0])
         if self.log is not None or self.store is not None:
             record = _log_record(endpoint, plan, run, status, error, seconds)
             if self.log is not None:

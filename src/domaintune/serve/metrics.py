@@ -11,6 +11,10 @@ in tests and `bench/serve_load.py`, never clash). Scrape `GET /metrics`.
     domaintune_batch_size                                 histogram, rows per decode call
     domaintune_requests_in_flight                         requests being handled
     domaintune_cache_hits_total                           answers served from the response cache
+    domaintune_store_errors_total                         failed writes to the traffic store (retried)
+    domaintune_drift{model,statistic}                     live drift of the last window (serve/drift.py)
+    domaintune_drift_threshold{model,statistic}           its threshold, from the training data
+    domaintune_drift_alarm{model,statistic}               1 while the drift is over its threshold
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ class ServeMetrics:
                                           registry=r)
         self.store_errors = Counter("domaintune_store_errors",
                                     "Failed writes to the traffic store (retried; the answers were sent)", registry=r)
+        self.drift = Gauge("domaintune_drift", "Drift of the last window of prompts against the training data",
+                           ["model", "statistic"], registry=r)
+        self.drift_threshold = Gauge("domaintune_drift_threshold", "The drift statistic's threshold for that window",
+                                     ["model", "statistic"], registry=r)
+        self.drift_alarm = Gauge("domaintune_drift_alarm", "1 while the drift statistic is over its threshold",
+                                 ["model", "statistic"], registry=r)
 
     # Engine side (called from the worker thread; prometheus_client is thread-safe).
     def observe_batch(self, rows: int) -> None:
