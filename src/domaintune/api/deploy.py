@@ -40,7 +40,8 @@ def export(run_dir: str, fmt: str, output_dir: str, *, quant: str | None = None,
 def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *, template: str = "auto",
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, threads: int | None = None,
           trust_remote_code: bool = False, insecure_no_auth: bool = False,
-          drift_references: Mapping[str, str] | None = None, **options: Any) -> None:
+          drift_references: Mapping[str, str] | None = None, shadows: Mapping[str, str] | None = None,
+          **options: Any) -> None:
     """Serve a base model and named adapters over an OpenAI-compatible HTTP API until SIGTERM.
 
     Args:
@@ -54,6 +55,8 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
         insecure_no_auth: allow a non-loopback `host` without an API key (refused before loading otherwise).
         drift_references: {served name: its prepared training data (folder or train.jsonl)}: live
             drift gauges on /metrics (`serve/drift.py`).
+        shadows: {served name: a candidate run} answering copies of its requests unseen
+            (`serve/shadow.py`; `shadow_rate` and `shadow_threshold` in **options).
         **options: `serve.options.ServeOptions` fields (max_batch_size, batch_window_ms, max_queue,
             closed_set, ...), and `kb_changed_ok` (serve adapters whose knowledge base changed).
     """
@@ -73,7 +76,12 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
 
         Store(options["store"]).close()
     served = load_served(model, dict(adapters or {}), template=template, trust_remote_code=trust_remote_code,
-                         kb_changed_ok=kb_changed_ok)
+                         kb_changed_ok=kb_changed_ok, shadows=shadows)
+    if served.shadows and not options.get("store"):
+        import logging
+
+        logging.getLogger(__name__).warning("--shadow without --store: disagreements are counted on /metrics "
+                                            "but no case is kept for review")
     app = build_app(served, ServeOptions(api_key=key, **options), drift_references=references)
     run_server(app, host=host, port=port, insecure_no_auth=insecure_no_auth)
 

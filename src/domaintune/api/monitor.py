@@ -1,6 +1,7 @@
-"""`api.monitor_drift`: windows of production traffic (the `serve --store` database) against the training data.
+"""`api.monitor_drift` and `api.monitor_shadow`: windows of production traffic (the `serve --store` database) against the training data.
 
     report, paths = api.monitor_drift("prepared/train.jsonl", "traffic.db", window=200, model="icd")
+    report, paths = api.monitor_shadow("traffic.db", model="icd")
 """
 
 from __future__ import annotations
@@ -50,6 +51,32 @@ def monitor_drift(reference: str, store: str, *, window: int = 200, model: str |
     report = drift_report(records, rows, window, _confidences(predictions) if predictions else None)
     report.update(reference=str(records.path), reference_sha256=records.sha256, model=model)
     return report, write_drift(report, Path(output_dir))
+
+
+def monitor_shadow(store: str, *, window: int = 100, model: str | None = None, since_days: float | None = None,
+                   output_dir: str = "shadow") -> tuple[dict[str, Any], dict[str, Path]]:
+    """Report a shadow candidate against production from the store `serve --shadow` wrote.
+
+    Raises:
+        UserError: an unreachable store, or a store without shadow answers.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from domaintune.data.store import Store
+    from domaintune.monitor.shadow import shadow_report, write_shadow
+
+    traffic = Store(store)
+    try:
+        since = datetime.now(timezone.utc) - timedelta(days=since_days) if since_days else None
+        shadows = [s for s in traffic.shadows(since=since) if model is None or s["model"] == model]
+        if not shadows:
+            raise UserError("the store holds no shadow answers" + (f" for {model}" if model else ""),
+                            hint="serve with --shadow NAME=CANDIDATE --store ... and send NAME some requests")
+        report = shadow_report(traffic.requests(since=since, model=model), shadows, traffic.feedback(since=since),
+                               window)
+    finally:
+        traffic.close()
+    return report, write_shadow(report, Path(output_dir))
 
 
 def _confidences(path: str) -> list[float]:

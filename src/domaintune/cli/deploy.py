@@ -38,6 +38,7 @@ def run_export(a: argparse.Namespace) -> int:
 def build_serve(p: argparse.ArgumentParser) -> None:
     p.epilog = ("examples:\n  domaintune serve embedded --adapter icd=runs/demo --port 8000\n"
                 "  DOMAINTUNE_API_KEY=secret domaintune serve models/my-7b --adapter legal=runs/legal\n"
+                "  domaintune serve embedded --adapter icd=runs/v1 --shadow icd=runs/v2 --store traffic.db\n"
                 "  curl localhost:8000/v1/chat/completions -d '{\"model\": \"icd\", \"messages\": [...]}'")
     p.add_argument("model", nargs="?", default="embedded", help=field_help(ModelConfig, "name"))
     p.add_argument("--adapter", action="append", default=[], type=kv_pair, metavar="NAME=PATH",
@@ -59,6 +60,12 @@ def build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-reference", action="append", default=[], type=kv_pair, metavar="NAME=DATA",
                    help="live drift gauges on /metrics for served NAME against its prepared training data "
                         "(repeatable; `domaintune monitor drift` reads the same from --store)")
+    p.add_argument("--shadow", action="append", default=[], type=kv_pair, metavar="NAME=CANDIDATE",
+                   help="a candidate run answers copies of NAME's requests unseen, after NAME has answered; "
+                        "disagreements go to the store's review queue (repeatable)")
+    p.add_argument("--shadow-rate", type=float, default=0.25, help="share of NAME's requests copied (default 0.25)")
+    p.add_argument("--shadow-threshold", type=float, default=0.5,
+                   help="disagreement (0-1: labels differ, or 1 - chrF/100) over which a case is reviewed")
     p.add_argument("--store-retention-days", type=float, default=30.0,
                    help="prune stored requests older than this (default 30)")
     p.add_argument("--insecure-no-auth", action="store_true",
@@ -80,7 +87,8 @@ def run_serve(a: argparse.Namespace) -> int:
               max_queue=a.max_queue, request_timeout_s=a.request_timeout, cache_size=a.cache_size,
               request_log=a.request_log, request_log_raw=a.request_log_raw, closed_set=a.closed_set,
               store=a.store, store_retention_days=a.store_retention_days,
-              drift_references=_unique(a.drift_reference),
+              drift_references=_unique(a.drift_reference), shadows=_unique(a.shadow),
+              shadow_rate=a.shadow_rate, shadow_threshold=a.shadow_threshold,
               kb_changed_ok=a.kb_changed_ok, insecure_no_auth=a.insecure_no_auth)
     return 0
 

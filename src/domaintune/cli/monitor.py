@@ -11,27 +11,33 @@ def build_monitor(p: argparse.ArgumentParser) -> None:
     p.epilog = ("examples:\n  domaintune serve embedded --adapter icd=runs/icd --store traffic.db\n"
                 "  domaintune monitor drift --reference prepared/ --store traffic.db --model icd -o drift/\n"
                 "  domaintune monitor drift --reference prepared/ --store postgresql+psycopg://u@db/traffic "
-                "--since-days 7")
-    p.add_argument("action", choices=["drift"], help="drift: live prompts (and predicted labels) against training")
+                "--since-days 7\n"
+                "  domaintune monitor shadow --store traffic.db --model icd -o shadow/")
+    p.add_argument("action", choices=["drift", "shadow"],
+                   help="drift: live prompts (and predicted labels) against training; shadow: a --shadow "
+                        "candidate's answers against production's")
     p.add_argument("--reference", help="the prepared training data (folder or train.jsonl)")
     p.add_argument("--store", help="the traffic store: the SQLite path or SQLAlchemy URL given to serve --store")
-    p.add_argument("--window", type=int, default=200, help="requests per window (default 200)")
+    p.add_argument("--window", type=int, help="requests per window (default 200 for drift, 100 for shadow)")
     p.add_argument("--model", help="only requests to this served name")
     p.add_argument("--since-days", type=float, help="only requests of the last N days")
     p.add_argument("--predictions", help="eval's predictions.jsonl on validation: its confidences are the "
                                          "reference for the confidence-drop alarm")
-    p.add_argument("-o", "--output-dir", default="drift", help="where drift.json and drift.png go (default drift/)")
+    p.add_argument("-o", "--output-dir", help="where the report and its plot go (default drift/ or shadow/)")
 
 
 def run_monitor(a: argparse.Namespace) -> int:
     from domaintune import api
 
+    if a.action == "shadow":
+        return _shadow(a)
     if not (a.reference and a.store):
         raise UserError("monitor drift needs --reference and --store",
                         hint="e.g. domaintune monitor drift --reference prepared/ --store traffic.db")
-    report, paths = api.monitor_drift(a.reference, a.store, window=a.window, model=a.model,
-                                      since_days=a.since_days, predictions=a.predictions, output_dir=a.output_dir)
-    print(f"{report['requests']:,} answered requests in {len(report['windows'])} window(s) of {a.window}, "
+    window = a.window or 200
+    report, paths = api.monitor_drift(a.reference, a.store, window=window, model=a.model, since_days=a.since_days,
+                                      predictions=a.predictions, output_dir=a.output_dir or "drift")
+    print(f"{report['requests']:,} answered requests in {len(report['windows'])} window(s) of {window}, "
           f"against {report['reference_rows']:,} training rows ({report['reference']})")
     for i, w in enumerate(report["windows"]):
         cells = "  ".join(f"{k} {v['value']:.3f}{'!' if v['alarm'] else ''} (<= {v['threshold']:.3f})"
@@ -41,5 +47,27 @@ def run_monitor(a: argparse.Namespace) -> int:
     print("no drift alarm" if first is None else
           f"DRIFT: first alarm at request {first['request']} ({', '.join(first['statistics'])}); "
           f"{report['alarms']} of {len(report['windows'])} windows over their thresholds")
+    print(f"report: {paths['json']}" + (f"  plot: {paths['plot']}" if "plot" in paths else ""))
+    return 0
+
+
+def _shadow(a: argparse.Namespace) -> int:
+    from domaintune import api
+
+    if not a.store:
+        raise UserError("monitor shadow needs --store", hint="e.g. domaintune monitor shadow --store traffic.db")
+    report, paths = api.monitor_shadow(a.store, window=a.window or 100, model=a.model, since_days=a.since_days,
+                                       output_dir=a.output_dir or "shadow")
+    print(f"{report['cases']:,} shadowed requests: agreement {report['agreement']:.3f}, "
+          f"{report['pending_review']:,} waiting for review")
+    for w in report["windows"]:
+        print(f"  requests {w['start']}-{w['end']}: agreement {w['agreement']:.3f}, identical {w['identical']:.1%}")
+    users = report["users"]
+    if users["corrections"]:
+        print(f"users' corrections ({users['corrections']}): production right {users['production_right']}, "
+              f"candidate right {users['candidate_right']} (McNemar p {users['p_value']:.3g}): {users['preferred']}")
+    for case in report["largest"][:3]:
+        print(f"  {case['disagreement']:.2f}  {case['prompt'][:60]!r}: {case['production'][:40]!r} vs "
+              f"{case['candidate'][:40]!r}")
     print(f"report: {paths['json']}" + (f"  plot: {paths['plot']}" if "plot" in paths else ""))
     return 0

@@ -8,6 +8,8 @@ journal so readers never block the writer), any SQLAlchemy URL for several repli
                (JSON list, one per choice), finish_reasons, confidences, prompt_tokens,
                completion_tokens, latency_s, status, error, cached, stream
     feedback   id, request_id -> requests.id, ts, rating (-1, 1, or 1-5), correction, comment
+    shadow     id, request_id -> requests.id, ts, model, candidate, output, confidence,
+               disagreement (0 same .. 1 different), review ("pending" over the threshold, else "none")
 
 Prompts, outputs, errors, corrections and comments are PII-masked before they are stored, as
 `prepare` masks training data (`data.pii`); nothing is stored unmasked. The server hands records to
@@ -54,7 +56,7 @@ def store_url(target: str | Path) -> str:
     return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
-def _tables() -> tuple[Any, Any, Any]:
+def _tables() -> tuple[Any, Any, Any, Any]:
     from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String, Table,
                             Text)
 
@@ -71,7 +73,13 @@ def _tables() -> tuple[Any, Any, Any]:
                      Column("request_id", String(64), ForeignKey("requests.id", ondelete="CASCADE"), index=True),
                      Column("ts", DateTime(timezone=True), index=True), Column("rating", Integer),
                      Column("correction", Text), Column("comment", Text))
-    return meta, requests, feedback
+    shadow = Table("shadow", meta,
+                   Column("id", Integer, primary_key=True, autoincrement=True),
+                   Column("request_id", String(64), ForeignKey("requests.id", ondelete="CASCADE"), index=True),
+                   Column("ts", DateTime(timezone=True), index=True), Column("model", String(128)),
+                   Column("candidate", String(256)), Column("output", Text), Column("confidence", Float),
+                   Column("disagreement", Float), Column("review", String(16), index=True))
+    return meta, requests, feedback, shadow
 
 
 class Store:
@@ -97,8 +105,8 @@ class Store:
         self.dropped = 0
         self._mask = PiiMasker()
         self._on_error = on_error or (lambda _err: None)
-        self._meta, self._requests, self._feedback = _tables()
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self._meta, self._requests, self._feedback, self._shadow = _tables()
+        self._queue: queue.Queue[tuple[Any, dict[str, Any]] | None] = queue.Queue(maxsize=max_queue)
         self._idle = threading.Condition()
         self._pending = 0
         shown = self.url.split("@")[-1]  # never echo a password
@@ -127,11 +135,24 @@ class Store:
         for key in MASKED:
             if row[key] is not None:
                 row[key] = self._mask.mask_values(row[key])[0]
+        return self._enqueue(self._requests, row)
+
+    def write_shadow(self, request_id: str, model: str, candidate: str, output: str, confidence: float | None,
+                     disagreement: float, pending: bool) -> bool:
+        """Queue a shadow candidate's answer to a stored request (masked); `pending`: it goes to review."""
+        if not self._writer.is_alive():
+            return False
+        row = {"request_id": request_id, "ts": datetime.now(timezone.utc), "model": model, "candidate": candidate,
+               "output": self._mask(output)[0], "confidence": confidence, "disagreement": float(disagreement),
+               "review": "pending" if pending else "none"}
+        return self._enqueue(self._shadow, row)
+
+    def _enqueue(self, table: Any, row: dict[str, Any]) -> bool:
         with self._idle:
             self._pending += 1
         while True:
             try:
-                self._queue.put_nowait(row)
+                self._queue.put_nowait((table, row))
                 return True
             except queue.Full:
                 try:
@@ -172,34 +193,37 @@ class Store:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch, stop = [first], False
             while len(batch) < BATCH:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
-                    self._insert(batch)
-                    return
+                    stop = True
+                    break
                 batch.append(item)
-            self._insert(batch)
+            for table, rows in _runs(batch):  # consecutive rows of one table, in queue order
+                self._insert(table, rows)
+            if stop:
+                return
             if self.retention_days is not None and time.monotonic() - last_prune > PRUNE_EVERY_S:
                 last_prune = time.monotonic()
                 self._try(self.prune)
 
-    def _insert(self, batch: list[dict[str, Any]]) -> None:
-        """Insert `batch`, retrying while the database is unreachable; an id already stored (a
-        client retrying with the same response id cannot happen: ids are fresh) is skipped."""
+    def _insert(self, table: Any, batch: list[dict[str, Any]]) -> None:
+        """Insert `batch`, retrying while the database is unreachable; a row the database refuses
+        (an id already stored, a shadow answer whose request was dropped) is skipped alone."""
         from sqlalchemy.exc import IntegrityError
 
         while True:
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(self._requests.insert(), batch)
+                    conn.execute(table.insert(), batch)
                 break
-            except IntegrityError:  # one duplicate spoils a batch insert: fall back to rows
+            except IntegrityError:  # one bad row spoils a batch insert: fall back to rows
                 for row in batch:
-                    self._try(lambda r=row: self._insert_one(r))
+                    self._try(lambda r=row: self._insert_one(table, r))
                 break
             except Exception as err:  # noqa: BLE001 - an outage: count it, keep the rows, retry
                 self._on_error(err)
@@ -207,12 +231,12 @@ class Store:
                 time.sleep(RETRY_S)
         self._settled(len(batch))
 
-    def _insert_one(self, row: dict[str, Any]) -> None:
+    def _insert_one(self, table: Any, row: dict[str, Any]) -> None:
         from sqlalchemy.exc import IntegrityError
 
         try:
             with self.engine.begin() as conn:
-                conn.execute(self._requests.insert(), [row])
+                conn.execute(table.insert(), [row])
         except IntegrityError:
             pass
 
@@ -264,6 +288,18 @@ class Store:
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query).mappings()]
 
+    def shadows(self, since: datetime | None = None, review: str | None = None) -> list[dict[str, Any]]:
+        """Stored shadow answers, oldest first (`review="pending"`: the review queue)."""
+        from sqlalchemy import select
+
+        query = select(self._shadow).order_by(self._shadow.c.id)
+        if since is not None:
+            query = query.where(self._shadow.c.ts >= since)
+        if review is not None:
+            query = query.where(self._shadow.c.review == review)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query).mappings()]
+
     def prune(self, now: datetime | None = None) -> int:
         """Delete requests (and their feedback) older than `retention_days`; returns how many."""
         from sqlalchemy import delete, select
@@ -274,7 +310,18 @@ class Store:
         old = select(self._requests.c.id).where(self._requests.c.ts < cutoff)
         with self.engine.begin() as conn:
             conn.execute(delete(self._feedback).where(self._feedback.c.request_id.in_(old)))
+            conn.execute(delete(self._shadow).where(self._shadow.c.request_id.in_(old)))
             return int(conn.execute(delete(self._requests).where(self._requests.c.ts < cutoff)).rowcount or 0)
+
+
+def _runs(batch: list[tuple[Any, dict[str, Any]]]) -> list[tuple[Any, list[dict[str, Any]]]]:
+    out: list[tuple[Any, list[dict[str, Any]]]] = []
+    for table, row in batch:
+        if out and out[-1][0] is table:
+            out[-1][1].append(row)
+        else:
+            out.append((table, [row]))
+    return out
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -87,6 +87,7 @@ class ServedModels:
     default_top_p: float = 1.0
     tries: ChoiceTries | None = field(default=None, repr=False)
     guard: tuple[str, ...] = field(default=(), repr=False)  # what no message may carry (models.codec)
+    shadows: dict[str, str] = field(default_factory=dict)  # served name -> its hidden shadow candidate's route
 
     def __post_init__(self) -> None:
         from domaintune.models.codec import guard_tokens
@@ -98,8 +99,10 @@ class ServedModels:
 
     @property
     def names(self) -> list[str]:
-        """The served names: the base first, then the adapters in the order given."""
-        return list(self.routes)
+        """The served names: the base first, then the adapters in the order given (shadow
+        candidates are not served: they answer only `serve/shadow.py`'s copies)."""
+        hidden = set(self.shadows.values())
+        return [name for name in self.routes if name not in hidden]
 
     @functools.cached_property
     def vocab_size(self) -> int:
@@ -142,7 +145,7 @@ def check_name(name: str) -> str:
 def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | None = None, *,
                 template: str = "auto", base_name: str | None = None, max_context: int | None = None,
                 dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-                kb_changed_ok: bool = False) -> ServedModels:
+                kb_changed_ok: bool = False, shadows: Mapping[str, str | Path] | None = None) -> ServedModels:
     """Load a base model and its adapters for serving.
 
     Args:
@@ -156,6 +159,8 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
         dtype: parameter dtype.
         trust_remote_code: allow model folders' own code to run.
         kb_changed_ok: serve an adapter whose knowledge base changed since its training.
+        shadows: served name -> a candidate run that answers copies of its requests unseen
+            (`serve/shadow.py`); loaded as a hidden route `NAME:shadow`.
 
     Returns:
         The `ServedModels`, every model in eval mode.
@@ -171,6 +176,12 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     adapters = dict(adapters or {})
     base_name = base_name or default_base_name(model)
     check_names(base_name, adapters)
+    unknown = sorted(set(shadows or {}) - {base_name, *adapters})
+    if unknown:
+        raise UserError(f"--shadow names {', '.join(unknown)}, which is not served",
+                        hint=f"shadow a served name: {', '.join([base_name, *adapters])}")
+    hidden = {name: shadow_route(name) for name in shadows or {}}
+    adapters.update({hidden[name]: path for name, path in (shadows or {}).items()})
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     tpl = get_template(serving_template(template, adapters.values()), tokenizer)
 
@@ -197,7 +208,13 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     for route in routes.values():  # a run's own answer set is built once, here, not per request
         if route.labels:
             served.tries.pin(route.labels)
+    served.shadows = hidden
     return served
+
+
+def shadow_route(name: str) -> str:
+    """The hidden route of `name`'s shadow candidate (":" keeps it apart from every served name)."""
+    return f"{name}:shadow"
 
 
 def serving_template(requested: str, adapters: Iterable[str | Path]) -> str:

@@ -95,6 +95,8 @@ def build_app(served: ServedModels, options: ServeOptions | None = None, *,
                 await asyncio.to_thread(service.store.close)
             if service.drift is not None:
                 await asyncio.to_thread(service.drift.close)
+            if service.shadows is not None:
+                await asyncio.to_thread(service.shadows.close)
 
     app = FastAPI(title="domaintune", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
@@ -120,6 +122,11 @@ class Service:
             if options.request_log else None
         self.store = _open_store(options, self.metrics)
         self.drift: Any = None  # serve/drift.py's LiveDrift, when build_app is given references
+        self.shadows: Any = None
+        if served.shadows:
+            from domaintune.serve.shadow import Shadows
+
+            self.shadows = Shadows(self, options.shadow_rate, options.shadow_threshold)
         self.created = int(time.time())
         # Parsing, retrieval and tokenising run here, one request at a time (the tokenizer is not
         # shared across threads), so a long prompt never holds up the event loop.
@@ -210,7 +217,7 @@ class Service:
 
     def _done(self, endpoint: str, arrived: float, plan: Plan | None, run: Run | None, status: int,
               error: ApiError | None, cache_key: Any = None) -> None:
-        """Record a finished request once: metrics, cache, request log."""
+        """Record a finished request once: metrics, cache, request log, store; then drift and shadow."""
         seconds = time.monotonic() - arrived
         self.metrics.in_flight.dec()
         model = plan.model if plan is not None else "-"
@@ -221,14 +228,20 @@ class Service:
             self.metrics.cache_hits.inc()
         elif cache_key is not None and run is not None and status == 200:
             self.cache.put(cache_key, (list(run.texts), list(run.reasons), run.completion_tokens))
-        if self.drift is not None and status == 200 and run is not None and endpoint == "chat.completions":
-            self.drift.observe(plan.model, plan.logged_prompt, run.texts[0], run.confidences[0])
         if self.log is not None or self.store is not None:
             record = _log_record(endpoint, plan, run, status, error, seconds)
             if self.log is not None:
                 self.log.write(record)
             if self.store is not None:
-                self.store.write(record)
+                self.store.write(record)  # queued before any shadow row that refers to it
+        if status == 200 and run is not None and endpoint == "chat.completions":
+            try:  # watching production must never fail production's answer
+                if self.drift is not None:
+                    self.drift.observe(plan.model, plan.logged_prompt, run.texts[0], run.confidences[0])
+                if self.shadows is not None:
+                    self.shadows.after(plan, run)
+            except Exception:  # noqa: BLE001
+                log.exception("drift or shadow bookkeeping failed for %s", plan.rid)
 
     async def feedback(self, request: Request) -> Response:
         from domaintune.serve.feedback import store_feedback

@@ -74,6 +74,7 @@ class Plan:
     include_usage: bool
     arrived: float = field(default_factory=time.monotonic)
     retrieved: list[int] | None = None  # the knowledge-base entries the prompt showed
+    request: Any = field(default=None, repr=False)  # the validated chat request (serve/shadow.py re-plans it)
 
     def cache_key(self) -> Hashable | None:
         """The response-cache key, or None for a request that is not deterministic (or decodes
@@ -84,14 +85,14 @@ class Plan:
                 tuple(p.max_new_tokens for p in self.params), self.stops)
 
 
-def plan_chat(req: ChatRequest, served: ServedModels, options: ServeOptions) -> Plan:
-    """Validate a chat request and turn it into a `Plan`.
+def plan_chat(req: ChatRequest, served: ServedModels, options: ServeOptions, shadow: bool = False) -> Plan:
+    """Validate a chat request and turn it into a `Plan` (`shadow`: for a hidden shadow route).
 
     Raises:
         ApiError: 400 naming the field: unknown model, a control token in a message, a prompt
             or `max_tokens` beyond the context or the limits, `n` too large.
     """
-    _check_model(req.model, served)
+    _check_model(req.model, served, shadow)
     route = served.routes[req.model]
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     texts = [(f"messages.{i}.content", m["role"], m["content"]) for i, m in enumerate(messages)]
@@ -121,7 +122,7 @@ def plan_chat(req: ChatRequest, served: ServedModels, options: ServeOptions) -> 
         prior = (route.prior.vector(messages, trie), route.prior.weight)
     plan = _plan("chat.completions", "chatcmpl", req, [prompt], "messages", (param, limit), messages,
                  served, options, trie, prior)
-    plan.retrieved = retrieved
+    plan.retrieved, plan.request = retrieved, req
     return plan
 
 
@@ -186,8 +187,8 @@ def _plan(endpoint: str, prefix: str, req: Any, prompts: list[list[int]], prompt
                 sum(len(p) for p in prompts), logged, req.stream, include_usage)
 
 
-def _check_model(name: str, served: ServedModels) -> None:
-    if name not in served.routes:
+def _check_model(name: str, served: ServedModels, shadow: bool = False) -> None:
+    if name not in served.routes or (name in served.shadows.values() and not shadow):
         shown = name if len(name) <= 64 else name[:64] + "…"
         raise ApiError(400, f"model '{shown}' is not served; available: {', '.join(served.names)}",
                        param="model", code="model_not_found")

@@ -15,6 +15,8 @@ in tests and `bench/serve_load.py`, never clash). Scrape `GET /metrics`.
     domaintune_drift{model,statistic}                     live drift of the last window (serve/drift.py)
     domaintune_drift_threshold{model,statistic}           its threshold, from the training data
     domaintune_drift_alarm{model,statistic}               1 while the drift is over its threshold
+    domaintune_shadow_requests_total{model,outcome}       shadow copies: answered, skipped (busy), failed
+    domaintune_shadow_disagreement{model}                 histogram of shadow vs production, 0 to 1
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class ServeMetrics:
                            ["model", "statistic"], registry=r)
         self.drift_threshold = Gauge("domaintune_drift_threshold", "The drift statistic's threshold for that window",
                                      ["model", "statistic"], registry=r)
+        self.shadow_requests = Counter("domaintune_shadow_requests", "Shadow copies of answered requests",
+                                       ["model", "outcome"], registry=r)
+        self.shadow_disagreement = Histogram("domaintune_shadow_disagreement", "Shadow vs production disagreement",
+                                             ["model"], buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0), registry=r)
         self.drift_alarm = Gauge("domaintune_drift_alarm", "1 while the drift statistic is over its threshold",
                                  ["model", "statistic"], registry=r)
 

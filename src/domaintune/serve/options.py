@@ -33,6 +33,9 @@ class ServeOptions:
         store: the traffic store (`data.store`: a SQLite path or an SQLAlchemy URL) every answered
             request is recorded in, PII-masked, and `/v1/feedback` writes to (None: none).
         store_retention_days: requests older than this are pruned from the store (None: kept).
+        shadow_rate: the share of answered chat requests to a shadowed name copied to its
+            candidate (`serve/shadow.py`).
+        shadow_threshold: the disagreement (0 to 1) over which a shadow case enters review.
         api_key: the key clients must send as "Authorization: Bearer KEY" (None: open).
         closed_set: "auto": requests to an adapter whose run recorded a closed answer set decode
             inside it (unless they give their own `guided_choice`); "off": only `guided_choice`.
@@ -56,6 +59,8 @@ class ServeOptions:
     request_log_raw: bool = False
     store: str | None = None
     store_retention_days: float | None = 30.0
+    shadow_rate: float = 0.25
+    shadow_threshold: float = 0.5
     api_key: str | None = None
     closed_set: str = "off"
 
@@ -66,7 +71,8 @@ class ServeOptions:
                   "default_max_tokens": 1 <= self.default_max_tokens <= self.max_tokens_limit,
                   "max_n": self.max_n >= 1, "max_body_bytes": self.max_body_bytes >= 1024,
                   "cache_size": self.cache_size >= 0,
-                  "store_retention_days": self.store_retention_days is None or self.store_retention_days > 0}
+                  "store_retention_days": self.store_retention_days is None or self.store_retention_days > 0,
+                  "shadow_rate": 0 <= self.shadow_rate <= 1, "shadow_threshold": 0 <= self.shadow_threshold <= 1}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"serve settings out of range: {', '.join(bad)}",
