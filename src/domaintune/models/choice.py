@@ -16,11 +16,14 @@ to 1 (a test checks it by forcing each path).
     params = SamplingParams(max_new_tokens=trie.depth, stop_ids=trie.stop_ids, choices=trie)
 
 A row may also carry a prior over the answers (`models/prior.py`: a vote of the nearest training
-pairs) and a weight w: at each step the distribution over the allowed tokens becomes
-(1 - w) * model + w * prior, where the prior's share of a token is the prior mass of the answers
-below it divided by the mass below the current node (kNN-LM's interpolation, on the trie). The
-product of these per-step prior shares is the prior of the whole answer, so the mixed confidences
-still sum to 1; w = 0 is the model alone.
+pairs, or a classifier's probabilities) and a weight w: at each step the distribution over the
+allowed tokens becomes (1 - w) * model + w * prior (kNN-LM's interpolation, on the trie), where the
+prior's share of a token is the prior of the BEST answer below it, normalised over the allowed
+tokens. So w = 1 decodes the prior's own top answer and w = 0 the model alone; each step's mixed
+distribution sums to 1, so the confidences of all answers still sum to 1. (Shares by the prior's
+total mass below a token would be the exact marginals, but greedy decoding on marginals follows
+the heaviest prefix, not the best answer: on banking77, whose intents share first tokens, the
+TF-IDF classifier decoded that way scored 67.3 % on validation against its own 71.4 %.)
 """
 
 from __future__ import annotations
@@ -170,8 +173,9 @@ class ChoiceCursor:
 
 
 def prior_shares(node: _Node, prior: torch.Tensor) -> torch.Tensor | None:
-    """Per child of `node` (in token-id order, as `allowed`), its share of the prior mass below `node`."""
-    mass = torch.stack([prior[node.children[t].below].sum() for t in sorted(node.children)])
+    """Per child of `node` (in token-id order, as `allowed`), the prior of the best answer below it,
+    normalised over the children (None: no prior mass below `node`)."""
+    mass = torch.stack([prior[node.children[t].below].max() for t in sorted(node.children)])
     total = mass.sum()
     return mass / total if total > 0 else None
 

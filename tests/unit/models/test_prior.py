@@ -125,3 +125,14 @@ def test_neighbour_votes_weigh_by_rank_and_sum_to_one():
     vote, none = neighbour_votes(kb, ["red apple", "zebra"], k=3)
     assert sum(vote.values()) == pytest.approx(1.0) and max(vote, key=vote.get) == "fruit"
     assert set(vote) == {"fruit", "vehicle"} and none == {}
+
+
+def test_at_full_weight_the_priors_own_top_answer_comes_out(model, tiny_tokenizer, setup):
+    """Two answers share "Diseases of the blood" and hold 0.6 of the prior together, but "Neoplasms"
+    alone holds 0.4, the most of any one answer: decoding at w=1 must give "Neoplasms" (shares by
+    total mass below a token would follow the heavier shared prefix)."""
+    template, trie = setup
+    vote = {"Diseases of the blood": 0.3, "Diseases of the blood and blood-forming organs": 0.3, "Neoplasms": 0.4}
+    records = _records(0)[:3]
+    for gen in _decode(model, tiny_tokenizer, template, trie, records, [vote] * len(records), 1.0):
+        assert _answer(tiny_tokenizer, gen) == "Neoplasms"
