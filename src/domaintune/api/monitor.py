@@ -91,3 +91,48 @@ def _confidences(path: str) -> list[float]:
         raise UserError("these predictions carry no confidences", file=str(file),
                         hint="evaluate a run with a closed answer set (confidences come from closed-set decoding)")
     return values
+
+
+def monitor_export(store: str, output: str, *, since_days: float | None = None, exclude: list[str] | None = None,
+                   min_rating: int = 4) -> dict[str, Any]:
+    """Write feedback as training records (`monitor/flywheel.py`): OUTPUT and OUTPUT's rejects file.
+
+    Args:
+        store: the traffic store.
+        output: the JSONL to write (`prepare` reads it); the rejects go beside it (`.rejects.jsonl`).
+        since_days: only feedback of the last N days.
+        exclude: prepared folders or JSONL files whose questions must not come back (train, val, test).
+        min_rating: the lowest star rating that approves production's answer.
+
+    Returns:
+        {"records", "rejects", "by_origin", "output", "rejects_file"}.
+    """
+    from collections import Counter
+    from datetime import datetime, timedelta, timezone
+
+    from domaintune.data.store import Store
+    from domaintune.files import write_text_atomic
+    from domaintune.monitor.flywheel import feedback_records
+    from domaintune.train.data import load_split
+
+    excluded = []
+    for item in exclude or []:
+        path = Path(resolve_path(item))
+        files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        for file in files:
+            if not file.name.endswith(".rejects.jsonl"):
+                excluded += list(load_split(file))
+    traffic = Store(store)
+    try:
+        since = datetime.now(timezone.utc) - timedelta(days=since_days) if since_days else None
+        records, rejects = feedback_records(traffic.requests(), traffic.feedback(since=since), exclude=excluded,
+                                            min_rating=min_rating)
+    finally:
+        traffic.close()
+    out = Path(output)
+    rejects_file = out.with_name(out.name.removesuffix(".jsonl") + ".rejects.jsonl")
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(rejects_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    return {"records": len(records), "rejects": len(rejects), "output": out, "rejects_file": rejects_file,
+            "by_origin": dict(Counter(r["metadata"]["origin"] for r in records)),
+            "by_reason": dict(Counter(r["reason"] for r in rejects))}

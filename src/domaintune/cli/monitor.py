@@ -12,10 +12,11 @@ def build_monitor(p: argparse.ArgumentParser) -> None:
                 "  domaintune monitor drift --reference prepared/ --store traffic.db --model icd -o drift/\n"
                 "  domaintune monitor drift --reference prepared/ --store postgresql+psycopg://u@db/traffic "
                 "--since-days 7\n"
-                "  domaintune monitor shadow --store traffic.db --model icd -o shadow/")
-    p.add_argument("action", choices=["drift", "shadow"],
+                "  domaintune monitor shadow --store traffic.db --model icd -o shadow/\n"
+                "  domaintune monitor export --store traffic.db --since-days 7 --exclude prepared/ -o new.jsonl")
+    p.add_argument("action", choices=["drift", "shadow", "export"],
                    help="drift: live prompts (and predicted labels) against training; shadow: a --shadow "
-                        "candidate's answers against production's")
+                        "candidate's answers against production's; export: feedback as training records")
     p.add_argument("--reference", help="the prepared training data (folder or train.jsonl)")
     p.add_argument("--store", help="the traffic store: the SQLite path or SQLAlchemy URL given to serve --store")
     p.add_argument("--window", type=int, help="requests per window (default 200 for drift, 100 for shadow)")
@@ -23,7 +24,11 @@ def build_monitor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since-days", type=float, help="only requests of the last N days")
     p.add_argument("--predictions", help="eval's predictions.jsonl on validation: its confidences are the "
                                          "reference for the confidence-drop alarm")
-    p.add_argument("-o", "--output-dir", help="where the report and its plot go (default drift/ or shadow/)")
+    p.add_argument("--exclude", action="append", default=[], metavar="DATA",
+                   help="export: prepared folders or JSONL whose questions must not come back (repeatable)")
+    p.add_argument("--min-rating", type=int, default=4, help="export: the lowest star rating that approves (default 4)")
+    p.add_argument("-o", "--output-dir", help="where the report and its plot go (default drift/ or shadow/); "
+                                              "export: the JSONL to write")
 
 
 def run_monitor(a: argparse.Namespace) -> int:
@@ -31,6 +36,8 @@ def run_monitor(a: argparse.Namespace) -> int:
 
     if a.action == "shadow":
         return _shadow(a)
+    if a.action == "export":
+        return _export(a)
     if not (a.reference and a.store):
         raise UserError("monitor drift needs --reference and --store",
                         hint="e.g. domaintune monitor drift --reference prepared/ --store traffic.db")
@@ -70,4 +77,20 @@ def _shadow(a: argparse.Namespace) -> int:
         print(f"  {case['disagreement']:.2f}  {case['prompt'][:60]!r}: {case['production'][:40]!r} vs "
               f"{case['candidate'][:40]!r}")
     print(f"report: {paths['json']}" + (f"  plot: {paths['plot']}" if "plot" in paths else ""))
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from domaintune import api
+
+    if not (a.store and a.output_dir):
+        raise UserError("monitor export needs --store and -o FILE.jsonl",
+                        hint="e.g. domaintune monitor export --store traffic.db --exclude prepared/ -o new.jsonl")
+    out = api.monitor_export(a.store, a.output_dir, since_days=a.since_days, exclude=a.exclude,
+                             min_rating=a.min_rating)
+    origins = ", ".join(f"{n} {k}" for k, n in out["by_origin"].items()) or "none"
+    print(f"{out['records']:,} training records ({origins}) -> {out['output']}")
+    for reason, n in out["by_reason"].items():
+        print(f"  rejected {n:,}: {reason}")
+    print(f"rejects: {out['rejects_file']}  (next: domaintune prepare {out['output']} ... )")
     return 0
