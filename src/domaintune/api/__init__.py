@@ -23,11 +23,11 @@ from domaintune.api.demo import demo, demo_recipe
 from domaintune.api.deploy import chat, export, serve
 from domaintune.api.evaluation import (compare, compare_table, evaluate, forgetting_summary, load_for_eval, metrics_table,
                                        review_export, review_import)
-from domaintune.api.monitor import monitor_drift, monitor_export, monitor_shadow
+from domaintune.api.monitor import monitor_drift, monitor_export, monitor_promote, monitor_shadow
 from domaintune.api.retrieval import kb_build, kb_search
 from domaintune.api.training import train
 from domaintune.api.tune import tune
 
 __all__ = ["agree", "bundled_dataset", "chat", "compare", "compare_table", "copy_recipe", "demo", "demo_recipe", "evaluate", "export", "forgetting_summary",
-           "inspect", "kb_build", "kb_search", "load_for_eval", "metrics_table", "monitor_drift", "monitor_export", "monitor_shadow", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
+           "inspect", "kb_build", "kb_search", "load_for_eval", "metrics_table", "monitor_drift", "monitor_export", "monitor_promote", "monitor_shadow", "prepare", "recipe_names", "resolve_path", "review_export", "review_import",
            "serve", "train", "tune"]

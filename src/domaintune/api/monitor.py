@@ -136,3 +136,39 @@ def monitor_export(store: str, output: str, *, since_days: float | None = None, 
     return {"records": len(records), "rejects": len(rejects), "output": out, "rejects_file": rejects_file,
             "by_origin": dict(Counter(r["metadata"]["origin"] for r in records)),
             "by_reason": dict(Counter(r["reason"] for r in rejects))}
+
+
+def monitor_promote(recipe: Any, candidate: str, over: str, *, alpha: float = 0.05,
+                    output_dir: str = "promote") -> dict[str, Any]:
+    """Promote `candidate` over the current run `over` only if it is not significantly worse on any
+    metric both report on the recipe's eval data (paired tests, `api.compare`); writes decision.json
+    and decision.md (the evidence: every metric, both means, the difference, its interval, p).
+
+    Returns:
+        {"promote": bool, "worse": [...], "better": [...], "tests": {...}, "files": {...}}.
+    """
+    from domaintune.api.evaluation import compare
+    from domaintune.files import write_json_atomic, write_text_atomic
+
+    out = Path(output_dir)
+    result = compare(recipe, over, candidate, output_dir=str(out / "compare"), names=("current", "candidate"))
+    tests = result["tests"]
+    worse = sorted(m for m, t in tests.items() if t["p_value"] < alpha and t["diff"] < 0)
+    better = sorted(m for m, t in tests.items() if t["p_value"] < alpha and t["diff"] > 0)
+    decision = {"promote": not worse and bool(tests), "candidate": str(candidate), "current": str(over),
+                "n": result["n"], "alpha": alpha, "worse": worse, "better": better,
+                "tests": {m: {k: t[k] for k in ("a_mean", "b_mean", "diff", "ci_low", "ci_high", "p_value",
+                                                "verdict")} for m, t in tests.items()}}
+    lines = [f"# Promote {candidate} over {over}? **{'yes' if decision['promote'] else 'no'}**", "",
+             f"{result['n']} paired examples ({recipe.eval.data}); the candidate is promoted only when it is not "
+             f"significantly worse (p < {alpha}, paired) on any metric.", "",
+             "| metric | current | candidate | difference | CI | p |", "|---|---|---|---|---|---|"]
+    for metric, t in decision["tests"].items():
+        lines.append(f"| {metric} | {t['a_mean']:.2f} | {t['b_mean']:.2f} | {t['diff']:+.2f} | "
+                     f"[{t['ci_low']:.2f}, {t['ci_high']:.2f}] | {t['p_value']:.3g} |")
+    lines += ["", *(t["verdict"] for t in decision["tests"].values())]
+    if not tests:
+        lines += ["", "No metric could be tested: nothing to decide on, so nothing is promoted."]
+    files = {"json": write_json_atomic(out / "decision.json", decision),
+             "md": write_text_atomic(out / "decision.md", "\n".join(lines) + "\n"), "html": result["html"]}
+    return {**decision, "files": files}

@@ -13,10 +13,16 @@ def build_monitor(p: argparse.ArgumentParser) -> None:
                 "  domaintune monitor drift --reference prepared/ --store postgresql+psycopg://u@db/traffic "
                 "--since-days 7\n"
                 "  domaintune monitor shadow --store traffic.db --model icd -o shadow/\n"
-                "  domaintune monitor export --store traffic.db --since-days 7 --exclude prepared/ -o new.jsonl")
-    p.add_argument("action", choices=["drift", "shadow", "export"],
+                "  domaintune monitor export --store traffic.db --since-days 7 --exclude prepared/ -o new.jsonl\n"
+                "  domaintune monitor promote runs/v2 --over runs/v1 --test prepared/test.jsonl -o promote/")
+    p.add_argument("action", choices=["drift", "shadow", "export", "promote"],
                    help="drift: live prompts (and predicted labels) against training; shadow: a --shadow "
-                        "candidate's answers against production's; export: feedback as training records")
+                        "candidate's answers against production's; export: feedback as training records; "
+                        "promote: CANDIDATE over --over RUN on --test data, only if not significantly worse")
+    p.add_argument("candidate", nargs="?", help="promote: the candidate run")
+    p.add_argument("--over", help="promote: the run in production")
+    p.add_argument("--test", help="promote: the fixed test set both are scored on")
+    p.add_argument("--label-field", help="promote: metadata field holding the label (classification metrics)")
     p.add_argument("--reference", help="the prepared training data (folder or train.jsonl)")
     p.add_argument("--store", help="the traffic store: the SQLite path or SQLAlchemy URL given to serve --store")
     p.add_argument("--window", type=int, help="requests per window (default 200 for drift, 100 for shadow)")
@@ -38,6 +44,8 @@ def run_monitor(a: argparse.Namespace) -> int:
         return _shadow(a)
     if a.action == "export":
         return _export(a)
+    if a.action == "promote":
+        return _promote(a)
     if not (a.reference and a.store):
         raise UserError("monitor drift needs --reference and --store",
                         hint="e.g. domaintune monitor drift --reference prepared/ --store traffic.db")
@@ -93,4 +101,23 @@ def _export(a: argparse.Namespace) -> int:
     for reason, n in out["by_reason"].items():
         print(f"  rejected {n:,}: {reason}")
     print(f"rejects: {out['rejects_file']}  (next: domaintune prepare {out['output']} ... )")
+    return 0
+
+
+def _promote(a: argparse.Namespace) -> int:
+    from domaintune import api
+    from domaintune.config import load_recipe
+
+    if not (a.candidate and a.over and a.test):
+        raise UserError("monitor promote needs CANDIDATE, --over RUN and --test DATA",
+                        hint="e.g. domaintune monitor promote runs/v2 --over runs/v1 --test prepared/test.jsonl")
+    flags = {"data": a.test, **({"label_field": a.label_field} if a.label_field else {})}
+    out = api.monitor_promote(load_recipe(None, [], base={"eval": flags}), a.candidate, a.over,
+                              output_dir=a.output_dir or "promote")
+    for test in out["tests"].values():
+        print(test["verdict"])
+    print(("PROMOTE: " if out["promote"] else "KEEP the current run: ")
+          + (f"worse on {', '.join(out['worse'])}" if out["worse"] else "not significantly worse on any metric"
+             if out["tests"] else "no metric could be tested"))
+    print(f"decision: {out['files']['md']}")
     return 0

@@ -106,3 +106,16 @@ def test_serve_mixes_in_the_runs_prior_as_eval_does(make_recipe, tmp_path):
     exported = run_extras(tmp_path / "export")
     assert (tmp_path / "export" / PRIOR_DIR / "manifest.json").is_file()
     assert exported.prior.weight == served.routes["run"].prior.weight and exported.labels == tuple(LABELS)
+
+
+def test_promote_refuses_a_worse_candidate_and_takes_a_better_one(make_recipe, tmp_path):
+    """`monitor promote` on a fixed test set: the untrained base (about a third right) is refused
+    over the trained run with its prior (every row right), and the run is promoted over the base."""
+    r = make_recipe()
+    run = api.train(r, force=True, progress=False)
+    refused = api.monitor_promote(r, "base", str(run.run_dir), output_dir=str(tmp_path / "refused"))
+    assert not refused["promote"] and "exact_match" in refused["worse"]
+    taken = api.monitor_promote(r, str(run.run_dir), "base", output_dir=str(tmp_path / "taken"))
+    assert taken["promote"] and "exact_match" in taken["better"] and not taken["worse"]
+    decision = (tmp_path / "taken" / "decision.md").read_text()
+    assert "**yes**" in decision and "| exact_match |" in decision
