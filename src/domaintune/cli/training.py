@@ -13,7 +13,9 @@ from domaintune.errors import UserError
 def build_train(p: argparse.ArgumentParser) -> None:
     p.epilog = ("examples:\n  domaintune train --config cpu_demo.yaml\n"
                 "  domaintune train --data prepared/ --method lora -o runs/lora --set train.max_steps=100\n"
-                "  domaintune train --config cpu_demo.yaml --resume")
+                "  domaintune train --config cpu_demo.yaml --resume\n"
+                "  domaintune train --data prepared_v2/ --init-from runs/v1 -o runs/v2 "
+                "--set train.replay.data=prepared_v1/train.jsonl")
     recipe_args(p)
     p.add_argument("--model", help=field_help(ModelConfig, "name"))
     p.add_argument("--data", help=field_help(TrainConfig, "data_dir"))
@@ -23,6 +25,7 @@ def build_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", help=field_help(TrainConfig, "epochs"))
     p.add_argument("--time-budget", help=field_help(TrainConfig, "time_budget"))
     p.add_argument("--lr", type=float, help=field_help(TrainConfig, "learning_rate"))
+    p.add_argument("--init-from", help=field_help(TrainConfig, "init_from"))
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--force", action="store_true", help="resume even though the recipe changed")
 
@@ -32,7 +35,8 @@ def run_train(a: argparse.Namespace) -> int:
 
     flags: dict[str, Any] = {}
     for key, value in (("data_dir", a.data), ("output_dir", a.output_dir), ("max_steps", a.max_steps),
-                       ("epochs", a.epochs), ("learning_rate", a.lr), ("time_budget", a.time_budget)):
+                       ("epochs", a.epochs), ("learning_rate", a.lr), ("time_budget", a.time_budget),
+                       ("init_from", a.init_from)):
         put(flags, key, value)
     if a.method:
         flags["method"] = {"method": a.method}

@@ -162,6 +162,10 @@ class TrainConfig(Section):
                                                  "times).")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
     seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
+    init_from: str | None = Field(None, description="A finished run (or its adapter/model folder) of the same method "
+                                                    "and base whose trained weights this run starts from: an "
+                                                    "adapter updated on new data, not retrained from scratch "
+                                                    "(with train.replay of the old data against forgetting).")
     replay: ReplayConfig | None = Field(None, description="Against forgetting: mix general records into training.")
     ewc: EwcConfig | None = Field(None, description="Against forgetting: elastic weight consolidation (EWC) "
                                                     "toward the weights each stage starts from.")

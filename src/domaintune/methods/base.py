@@ -213,6 +213,34 @@ def load_trained(model: nn.Module, out_dir: Path) -> set[str]:
     return set(state)
 
 
+def load_into(model: nn.Module, folder: Path) -> int:
+    """Copy a saved folder's trained weights into `model`, the same method freshly applied to the same
+    base (`train.init_from`); returns how many tensors were loaded.
+
+    Raises:
+        UserError: the folder holds no trained weights, or they do not fit `model`.
+    """
+    folder = Path(folder)
+    if (folder / WEIGHTS_FILE).is_file():
+        return len(load_trained(model, folder))
+    adapter = folder / "adapter_model.safetensors"
+    if not adapter.is_file():
+        raise UserError("no trained weights here (neither weights.safetensors nor adapter_model.safetensors)",
+                        file=str(folder), hint="give a run folder written by `domaintune train`")
+    from peft import set_peft_model_state_dict
+
+    state = load_file(str(adapter))
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except RuntimeError as err:  # a shape mismatch: another rank, other target modules
+        raise UserError(f"the saved adapter does not fit this one: {str(err).splitlines()[-1].strip()[:200]}",
+                        file=str(folder), hint="use the same method options (rank, target modules) as that run") from None
+    if result.unexpected_keys:
+        raise UserError(f"the saved adapter has tensors this one lacks: {', '.join(result.unexpected_keys[:2])}",
+                        file=str(folder), hint="use the same method options (rank, target modules) as that run")
+    return len(state)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder-layer list of a (possibly peft-wrapped) causal LM, found through `models.arch`."""
     from domaintune.models.arch import arch_facts

@@ -33,14 +33,14 @@ from rich.console import Console
 
 from domaintune.config import TrainConfig
 from domaintune.errors import UserError
-from domaintune.methods.base import trainable_report
+from domaintune.methods.base import check_base, load_into, read_method_file, trainable_report
 from domaintune.models.codec import pad_id as codec_pad_id
 from domaintune.train.data import load_split
 from domaintune.train.distributed import Dist, broadcast_parameters, init_distributed, rank_seed
 from domaintune.train.sharding import refuse_unsupported, shard_model
 from domaintune.train.inputs import build_inputs
 from domaintune.models.loss import causal_lm_loss
-from domaintune.methods.artifact import RECIPE_FILE, SUMMARY_FILE
+from domaintune.methods.artifact import RECIPE_FILE, SUMMARY_FILE, find_artifact
 from domaintune.train.run import FULL_WEIGHT_METHODS, Shared, TrainResult, seed_all, train_run
 from domaintune.train.selection import LOSS, TaskMetric
 from domaintune.train.stages import run_stages
@@ -147,13 +147,30 @@ def _accelerate_fsdp(cfg: TrainConfig, dist: Dist) -> TrainConfig:
     return cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"strategy": "fsdp2"})})
 
 
+def _init_folder(cfg: TrainConfig, method: Any, base: Any) -> Path | None:
+    """The folder `train.init_from` names, checked to hold this method's weights for this base."""
+    if not cfg.init_from:
+        return None
+    art = find_artifact(cfg.init_from)
+    if art.method != method.name:
+        raise UserError(f"train.init_from is a {art.method} run; this run trains {method.name}",
+                        file=str(cfg.init_from), hint=f"train with --method {art.method}, or start from scratch")
+    check_base(base, read_method_file(art.folder))
+    return art.folder
+
+
 def _usable_cores() -> int:
     # The cores this process may run on (taskset, cpusets), which os.cpu_count() overstates.
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _prepare_model(model: Any, method: Any, opts: Any, cfg: TrainConfig, model_path: Path | None, dist: Dist) -> Any:
+    start = _init_folder(cfg, method, model)
     model = method.apply(model, opts, tokenizer_path=model_path)
+    if start is not None:
+        n = load_into(model, start)
+        if dist.main:
+            _console.print(f"{method.name}: starting from the trained weights of {start} ({n} tensors)")
     model.to(dist.device)
     if cfg.gradient_checkpointing:
         # transformers 5.x renamed it; the old name still works there, with a FutureWarning.
