@@ -76,13 +76,7 @@ class Artifact:
             if folder is not None and (folder / RETRIEVAL_FILE).is_file():
                 record = read_json(folder / RETRIEVAL_FILE)
                 if record.get("kb") and not Path(record["kb"]).is_absolute():  # an export's kb/ beside it
-                    record.setdefault("kind", "neighbours")  # records written before there were kinds
-                if record["kind"] not in PRIOR_KINDS:
-                    raise UserError(f"the run's prior is of an unknown kind {record['kind']!r}",
-                                    file=str(folder / PRIOR_FILE), hint="upgrade domaintune, or train the run again")
-                record["kb"] = str(folder / record["kb"])
-                if record.get("classifier"):
-                    record["classifier"] = str(folder / record["classifier"])
+                    record["kb"] = str(folder / record["kb"])
                 return record
         return None
 

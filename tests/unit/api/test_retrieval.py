@@ -113,3 +113,21 @@ def test_completions_refuse_guided_choice(run, tiny_llama):
 def test_a_run_without_retrieval_records_none(make_recipe):
     result = api.train(apply_overrides(make_recipe(), ["train.max_steps=1"]), force=True, progress=False)
     assert not (result.run_dir / RETRIEVAL_FILE).exists()
+
+
+def test_the_retrieval_record_reads_back_as_written_with_relative_or_absolute_paths(run, tmp_path):
+    """retrieval.json is the run's, not the prior's: an absolute `kb` is kept and nothing is added
+    (a slip once made this property run the prior record's checks)."""
+    import shutil
+
+    from domaintune.methods.artifact import find_artifact
+
+    _, result = run
+    copy = tmp_path / "copy"
+    shutil.copytree(result.run_dir, copy)
+    written = json.loads((copy / RETRIEVAL_FILE).read_text())
+    relative = find_artifact(copy).retrieval
+    assert relative["kb"] == str(copy / written["kb"]) and set(relative) == set(written)
+    (copy / RETRIEVAL_FILE).write_text(json.dumps({**written, "kb": str(copy / written["kb"])}))
+    absolute = find_artifact(copy).retrieval
+    assert absolute == relative
