@@ -194,8 +194,8 @@ def load_served(model: str = "embedded", adapters: Mapping[str, str | Path] | No
     routes: dict[str, Route] = {}
     for name, path in adapters.items():
         folder = artifact_folder(path)
-        x = run_extras(folder, kb_changed_ok)
-        extras = {"labels": x.labels, "knowledge": x.knowledge, "prior": x.prior}
+        recorded = run_extras(folder, kb_changed_ok)
+        extras = {"labels": recorded.labels, "knowledge": recorded.knowledge, "prior": recorded.prior}
         if is_lora(folder):
             shared = _stack_lora(shared, folder, name)
             routes[name] = Route(shared, adapter=name, **extras)
