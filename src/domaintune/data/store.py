@@ -256,15 +256,19 @@ class Store:
             UnknownRequest: no stored request has that id.
         """
         from sqlalchemy import select
+        from sqlalchemy.exc import IntegrityError
 
         self.flush(timeout=5.0)  # the request may still be in the queue
         row = {"request_id": request_id, "ts": datetime.now(timezone.utc), "rating": int(rating),
                "correction": None if correction is None else self._mask(correction)[0],
                "comment": None if comment is None else self._mask(comment)[0]}
-        with self.engine.begin() as conn:
-            if conn.execute(select(self._requests.c.id).where(self._requests.c.id == request_id)).first() is None:
-                raise UnknownRequest(request_id)
-            return int(conn.execute(self._feedback.insert().values(**row)).inserted_primary_key[0])
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(self._requests.c.id).where(self._requests.c.id == request_id)).first() is None:
+                    raise UnknownRequest(request_id)
+                return int(conn.execute(self._feedback.insert().values(**row)).inserted_primary_key[0])
+        except IntegrityError:  # pruned by retention between the lookup and the insert
+            raise UnknownRequest(request_id) from None
 
     def requests(self, since: datetime | None = None, model: str | None = None) -> list[dict[str, Any]]:
         """Stored requests, oldest first (optionally from `since`, for one served `model`)."""

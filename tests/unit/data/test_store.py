@@ -47,7 +47,10 @@ def test_feedback_needs_a_stored_id_and_is_masked(store):
         store.add_feedback("chatcmpl-none", -1)
 
 
-def test_retention_prunes_old_requests_and_their_feedback(tmp_path):
+def test_retention_prunes_old_requests_and_their_feedback(tmp_path, monkeypatch):
+    import domaintune.data.store as store_module
+
+    monkeypatch.setattr(store_module, "PRUNE_EVERY_S", float("inf"))  # no pruning behind the test's back
     s = Store(tmp_path / "t.db", retention_days=7)
     try:
         old = (datetime.now(timezone.utc) - timedelta(days=8)).isoformat()
