@@ -68,7 +68,7 @@ _COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("serve", "Serve a model and its adapters over an OpenAI-compatible HTTP API.", deploy.build_serve,
      deploy.run_serve),
     ("chat", "Chat with a model or adapter in the terminal (streamed).", deploy.build_chat, deploy.run_chat),
-    ("monitor", "Production traffic against the training data: drift windows with alarms (serve --store).",
+    ("monitor", "Production traffic (serve --store): drift alarms, shadow agreement, feedback export, promote.",
      monitor.build_monitor, monitor.run_monitor),
     ("agree", "Annotation agreement: Cohen's / Fleiss' kappa with a pass/fail threshold.", data.build_agree,
      data.run_agree),
