@@ -185,3 +185,11 @@ def bundled_dataset(name: str = "icd10_chapters.jsonl") -> Path:
 def resolve_path(path: str) -> str:
     """A recipe path as a real path: `bundled:NAME` names a dataset shipped in the package."""
     return str(bundled_dataset(path.removeprefix(BUNDLED))) if path.startswith(BUNDLED) else path
+
+
+def training_split(path: str) -> Any:
+    """The training split a user names: a prepared folder (its train.jsonl) or a JSONL file."""
+    from domaintune.train.data import load_split
+
+    folder = Path(resolve_path(path))
+    return load_split(folder / "train.jsonl" if folder.is_dir() else folder)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from domaintune.api.data import resolve_path
+from domaintune.api.data import resolve_path, training_split
 
 
 def export(run_dir: str, fmt: str, output_dir: str, *, quant: str | None = None, data: str | None = None,
@@ -70,7 +70,7 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
     if threads:
         torch.set_num_threads(threads)
     kb_changed_ok = bool(options.pop("kb_changed_ok", False))
-    references = {name: _training_records(path) for name, path in (drift_references or {}).items()}
+    references = {name: training_split(path) for name, path in (drift_references or {}).items()}
     if options.get("store"):  # an unreachable database is said before minutes of loading
         from domaintune.data.store import Store
 
@@ -84,15 +84,6 @@ def serve(model: str = "embedded", adapters: Mapping[str, str] | None = None, *,
                                             "but no case is kept for review")
     app = build_app(served, ServeOptions(api_key=key, **options), drift_references=references)
     run_server(app, host=host, port=port, insecure_no_auth=insecure_no_auth)
-
-
-def _training_records(path: str) -> Any:
-    from pathlib import Path
-
-    from domaintune.train.data import load_split
-
-    folder = Path(resolve_path(path))
-    return load_split(folder / "train.jsonl" if folder.is_dir() else folder)
 
 
 def chat(model: str = "embedded", adapter: tuple[str, str] | None = None, *, template: str = "auto",

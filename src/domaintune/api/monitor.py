@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from domaintune.api.data import resolve_path
+from domaintune.api.data import resolve_path, training_split
 from domaintune.errors import UserError
 
 
@@ -35,13 +35,11 @@ def monitor_drift(reference: str, store: str, *, window: int = 200, model: str |
 
     from domaintune.data.store import Store
     from domaintune.monitor.drift import drift_report, write_drift
-    from domaintune.train.data import load_split
 
     if window < 20:
         raise UserError(f"a drift window of {window} requests is too small to tell drift from noise",
                         hint="--window 20 or more (200 by default)")
-    path = Path(resolve_path(reference))
-    records = load_split(path / "train.jsonl" if path.is_dir() else path)
+    records = training_split(reference)
     traffic = Store(store)
     try:
         since = datetime.now(timezone.utc) - timedelta(days=since_days) if since_days else None

@@ -82,8 +82,8 @@ def run_extras(folder: Path, kb_changed_ok: bool = False) -> RunExtras:
     A prior with weight 0 (the vote did not help on validation) is not loaded: the model decides alone.
 
     Raises:
-        UserError: the run's knowledge base or neighbour index is missing or changed
-            (`open_knowledge_base`, `open_prior_index`).
+        UserError: the run's knowledge base or prior is missing or changed
+            (`open_knowledge_base`, `open_prior`).
     """
     if not (Path(folder) / METHOD_FILE).is_file():
         return RunExtras()  # a plain PEFT folder records none of them
